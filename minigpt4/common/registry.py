@@ -1,0 +1,89 @@
+"""One registry that maps the names used in YAML configs to the classes that implement them.
+
+Each kind (builder, model, processor, task, runner, lr_scheduler, encoder) has its own
+namespace; classes join it through a decorator at import time, e.g.
+``@registry.register("model", "minigpt_v2")`` or the per-kind shortcut
+``@registry.register_model("minigpt_v2")``.  Looking up a name that nobody registered raises
+an error that lists the names that do exist, so a typo in a config is easy to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+KINDS = ("builder", "model", "processor", "task", "runner", "lr_scheduler", "encoder")
+
+
+class RegistryError(KeyError):
+    """A name was registered twice or looked up without being registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        self._paths: dict[str, str] = {}
+        self._state: dict[str, Any] = {}
+        for kind in KINDS:
+            setattr(self, f"register_{kind}", self._shortcut(kind))
+
+    def _shortcut(self, kind: str) -> Callable[[str], Callable]:
+        def register_kind(name: str) -> Callable:
+            return self.register(kind, name)
+
+        register_kind.__name__ = f"register_{kind}"
+        register_kind.__doc__ = f"Decorator registering a {kind} under ``name``."
+        return register_kind
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        if kind not in self._entries:
+            raise RegistryError(f"unknown registry kind {kind!r}; kinds are {', '.join(KINDS)}")
+        return self._entries[kind]
+
+    def register(self, kind: str, name: str) -> Callable:
+        table = self._table(kind)
+
+        def add(obj: Any) -> Any:
+            if name in table:
+                raise RegistryError(
+                    f"{kind} name {name!r} is already registered by {table[name].__module__}."
+                    f"{table[name].__qualname__}"
+                )
+            table[name] = obj
+            return obj
+
+        return add
+
+    def get(self, kind: str, name: str) -> Any:
+        table = self._table(kind)
+        if name not in table:
+            choices = ", ".join(sorted(table)) or "(none registered)"
+            raise RegistryError(f"unknown {kind} {name!r}; registered {kind}s: {choices}")
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._table(kind))
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._table(kind)
+
+    def register_path(self, name: str, path: str) -> None:
+        if name in self._paths:
+            raise RegistryError(f"path {name!r} is already registered")
+        self._paths[name] = str(path)
+
+    def get_path(self, name: str) -> str:
+        if name not in self._paths:
+            raise RegistryError(f"unknown path {name!r}; registered: {', '.join(sorted(self._paths))}")
+        return self._paths[name]
+
+    def set_state(self, name: str, value: Any) -> None:
+        self._state[name] = value
+
+    def get_state(self, name: str, default: Any = None) -> Any:
+        return self._state.get(name, default)
+
+
+registry = Registry()

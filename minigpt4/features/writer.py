@@ -1,0 +1,210 @@
+"""Streaming, resumable feature files: the one writer every feature dump goes through.
+
+Two layouts:
+
+* ``stacked`` (default): one ``<kind>.npy`` per feature kind with N rows, row i belonging to
+  line i of ``names.txt``.  Files are created at full size up front (``open_memmap``) and
+  rows are written in place, so memory stays flat however large N is.  A row is marked done
+  in ``.rows_done.npy`` only after its data is flushed; a killed run resumes from that mask
+  and ends with the same bytes as an uninterrupted one.  Several processes (``torchrun``)
+  write disjoint rows of the same files.
+* ``per_clip``: ``<kind>/<clip>.npy``, each written atomically; a clip is done when all of
+  its files exist.
+
+``manifest.json`` records the fingerprint of what produced the files (config, weights,
+positions, dtype, names); a rerun with a different fingerprint is refused unless told to
+overwrite, so outputs of two configs are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from minigpt4.common import dist_utils
+from minigpt4.features.npy_io import save_npy_atomic
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+NAMES = "names.txt"
+PROGRESS = ".rows_done.npy"
+LAYOUTS = ("stacked", "per_clip")
+DTYPES = ("float16", "float32")
+
+
+class FeatureOutputError(RuntimeError):
+    """The output folder holds files this run must not touch or cannot continue."""
+
+
+def names_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class FeatureWriter:
+    """Writes rows of named feature kinds for the clips ``names`` into ``out_dir``.
+
+    ``row_shapes`` maps a file stem (``llama_features``) to the shape of one clip's array.
+    ``manifest`` is the descriptive part of manifest.json; its ``fingerprint`` entry decides
+    whether existing files may be resumed.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        names: Sequence[str],
+        row_shapes: Mapping[str, tuple[int, ...]],
+        manifest: dict,
+        dtype: str = "float16",
+        layout: str = "stacked",
+        overwrite: bool = False,
+    ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"run.feature_layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
+        if dtype not in DTYPES:
+            raise ValueError(f"run.feature_dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.out_dir = Path(out_dir)
+        self.names = list(names)
+        self.row_shapes = {kind: tuple(shape) for kind, shape in row_shapes.items()}
+        self.dtype = np.dtype(dtype)
+        self.layout = layout
+        self.overwrite = overwrite
+        self.manifest = dict(manifest)
+        self.manifest["fingerprint"] = dict(
+            manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names)
+        )
+        self.manifest.update(
+            rows=len(self.names),
+            files={kind: self._file_entry(kind) for kind in self.row_shapes},
+            dtype=dtype,
+            layout=layout,
+        )
+        self._arrays: dict[str, np.memmap] = {}
+        self._done: np.memmap | None = None
+
+    def _file_entry(self, kind: str) -> dict:
+        if self.layout == "stacked":
+            return {"path": f"{kind}.npy", "shape": [len(self.names), *self.row_shapes[kind]]}
+        return {"path": f"{kind}/<clip>.npy", "shape": list(self.row_shapes[kind])}
+
+    # ---- opening --------------------------------------------------------------------------
+    def open(self) -> list[int]:
+        """Prepare the folder (main process), then return this process's rows still to do."""
+        if dist_utils.is_main_process():
+            self._prepare()
+        dist_utils.barrier()
+        if self.layout == "stacked":
+            self._arrays = {
+                kind: np.load(self.out_dir / f"{kind}.npy", mmap_mode="r+") for kind in self.row_shapes
+            }
+            done_path = self.out_dir / PROGRESS
+            self._done = np.load(done_path, mmap_mode="r+") if done_path.exists() else None
+        rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+        return [row for row in range(len(self.names)) if row % world == rank and not self.is_done(row)]
+
+    def _prepare(self) -> None:
+        manifest_path = self.out_dir / MANIFEST
+        if manifest_path.exists():
+            previous = json.loads(manifest_path.read_text())
+            if previous.get("fingerprint") != self.manifest["fingerprint"]:
+                if not self.overwrite:
+                    changed = sorted(
+                        key
+                        for key in set(previous.get("fingerprint", {})) | set(self.manifest["fingerprint"])
+                        if previous.get("fingerprint", {}).get(key) != self.manifest["fingerprint"].get(key)
+                    )
+                    raise FeatureOutputError(
+                        f"{self.out_dir} holds features made with a different configuration "
+                        f"(differs in: {', '.join(changed)}); refusing to mix them. Pass --overwrite "
+                        "(run.overwrite: true) to replace them, or choose another run.output_dir"
+                    )
+                self._remove_outputs()
+            elif previous.get("complete"):
+                return
+        elif self.overwrite:
+            self._remove_outputs()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # The manifest goes first: whatever a crash leaves behind is tied to its fingerprint.
+        _write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=False), indent=2) + "\n")
+        _write_text_atomic(self.out_dir / NAMES, "".join(f"{name}\n" for name in self.names))
+        if self.layout == "stacked":
+            self._create_stacked_files()
+        else:
+            for kind in self.row_shapes:
+                (self.out_dir / kind).mkdir(exist_ok=True)
+
+    def _create_stacked_files(self) -> None:
+        n = len(self.names)
+        if (self.out_dir / PROGRESS).exists() and all((self.out_dir / f"{k}.npy").exists() for k in self.row_shapes):
+            return  # a run of the same fingerprint was interrupted: resume into its files
+        for kind, shape in self.row_shapes.items():
+            np.lib.format.open_memmap(self.out_dir / f"{kind}.npy", mode="w+", dtype=self.dtype, shape=(n, *shape)).flush()
+        np.save(self.out_dir / PROGRESS, np.zeros(n, dtype=np.uint8))
+
+    def _remove_outputs(self) -> None:
+        logger.warning("overwriting the features in %s", self.out_dir)
+        for name in (MANIFEST, NAMES, PROGRESS, *(f"{kind}.npy" for kind in self.row_shapes)):
+            (self.out_dir / name).unlink(missing_ok=True)
+        for kind in self.row_shapes:
+            if (self.out_dir / kind).is_dir():
+                shutil.rmtree(self.out_dir / kind)
+
+    # ---- writing ----------------------------------------------------------------------------
+    def is_done(self, row: int) -> bool:
+        if self.layout == "per_clip":
+            return all((self.out_dir / kind / f"{self.names[row]}.npy").exists() for kind in self.row_shapes)
+        return self._done is None or bool(self._done[row])
+
+    def write(self, rows: Sequence[int], arrays: Mapping[str, np.ndarray]) -> None:
+        """Store one batch: ``arrays[kind]`` holds ``len(rows)`` rows in ``rows`` order."""
+        for kind, shape in self.row_shapes.items():
+            batch = arrays[kind]
+            if batch.shape != (len(rows), *shape):
+                raise ValueError(f"{kind}: expected rows of shape {shape}, got a batch of {batch.shape}")
+        if self.layout == "per_clip":
+            for i, row in enumerate(rows):
+                for kind in self.row_shapes:
+                    save_npy_atomic(self.out_dir / kind / f"{self.names[row]}.npy", arrays[kind][i].astype(self.dtype))
+            return
+        index = np.asarray(rows)
+        for kind, array in self._arrays.items():
+            array[index] = arrays[kind].astype(self.dtype)
+            array.flush()
+        # Marked only after the data is on disk: a killed run redoes at most this batch.
+        self._done[index] = 1
+        self._done.flush()
+
+    def finish(self) -> dict:
+        """Seal the folder once every process is done; returns the manifest."""
+        self._arrays, self._done = {}, None
+        dist_utils.barrier()
+        manifest_path = self.out_dir / MANIFEST
+        if dist_utils.is_main_process():
+            pending = self._rows_not_on_disk()
+            if pending:
+                raise FeatureOutputError(
+                    f"{len(pending)} rows were not written (first: {self.names[pending[0]]}); rerun to resume"
+                )
+            (self.out_dir / PROGRESS).unlink(missing_ok=True)
+            _write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=True), indent=2) + "\n")
+        dist_utils.barrier()
+        return json.loads(manifest_path.read_text())
+
+    def _rows_not_on_disk(self) -> list[int]:
+        if self.layout == "per_clip":
+            return [row for row in range(len(self.names)) if not self.is_done(row)]
+        progress = self.out_dir / PROGRESS
+        return np.flatnonzero(np.load(progress) == 0).tolist() if progress.exists() else []

@@ -1,0 +1,142 @@
+"""What every model here shares: its default config, device and precision, and how the
+LLM (with its tokenizer and LoRA) and the vision encoder are built from config values."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from minigpt4.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(precision: str, device: torch.device | str | None = None) -> torch.dtype:
+    """The weight dtype for ``precision``; CPU always computes in fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    return PRECISIONS[precision] if on_gpu else torch.float32
+
+
+class LayerNormFp32(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype (the ViT may run in half)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+class BaseModel(nn.Module):
+    PRETRAINED_MODEL_CONFIG_DICT: dict[str, str] = {}
+    DEFAULT_MODEL_TYPE = "pretrain"
+    REQUIRED_PATHS: tuple[str, ...] = ()
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> Path:
+        return PACKAGE_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def maybe_autocast(self, dtype: torch.dtype | None = None):
+        """bf16/fp16 autocast on GPU; a no-op on CPU, where everything is fp32."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype or self.compute_dtype)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return resolve_dtype(self.precision, self.device)
+
+
+def load_llm(
+    llama_model: str,
+    precision: str,
+    pad_token: str,
+    low_resource: bool,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lora_target_modules: Sequence[str],
+    grad_checkpoint: bool,
+):
+    """Load the LLaMA folder frozen, with LoRA adapters on top when ``lora_r > 0``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(llama_model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.llama_model: no Hugging Face LLaMA folder at {folder} (config.json missing); "
+            "point it at your Llama-2-7b-chat-hf download"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = pad_token
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.unk_token_id:
+        raise ValueError(f"model.pad_token: {pad_token!r} is not a token of the tokenizer in {folder}")
+
+    kwargs: dict = {"dtype": resolve_dtype(precision)}
+    if low_resource:
+        if not torch.cuda.is_available():
+            raise RuntimeError("model.low_resource: 8-bit loading needs a CUDA GPU (bitsandbytes); set low_resource: false")
+        from transformers import BitsAndBytesConfig
+
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": torch.cuda.current_device()})
+    llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    llm.requires_grad_(False)
+    if grad_checkpoint:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        if low_resource:
+            from peft import prepare_model_for_kbit_training
+
+            llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=grad_checkpoint)
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=list(lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        llm = get_peft_model(llm, config)
+    return llm, tokenizer
+
+
+def load_vision_encoder(
+    name: str,
+    image_size: int,
+    drop_path_rate: float,
+    use_grad_checkpoint: bool,
+    checkpoint: str | None,
+    trust_checkpoint: bool,
+    precision: str,
+    freeze: bool,
+):
+    """Build a registered image encoder and its fp32 LayerNorm; frozen ones run in ``precision``."""
+    factory = registry.get("encoder", name)
+    if not checkpoint:
+        logger.warning("model.vit_checkpoint is empty: the vision encoder %s keeps random weights", name)
+    encoder = factory(
+        img_size=image_size,
+        drop_path_rate=drop_path_rate,
+        use_grad_checkpoint=use_grad_checkpoint,
+        checkpoint=checkpoint or None,
+        trust_checkpoint=trust_checkpoint,
+    )
+    ln_vision = LayerNormFp32(encoder.num_features)
+    if freeze:
+        encoder.requires_grad_(False).eval()
+        ln_vision.requires_grad_(False)
+        encoder.to(resolve_dtype(precision))
+    return encoder, ln_vision

@@ -1,0 +1,175 @@
+"""The LLM side of MiniGPT-v2: prompt wrapping, the class-weighted loss, candidate scoring,
+hidden-state features and greedy generation.  Subclasses provide the visual tokens through
+``encode_visual``; everything about token placement lives in :mod:`prompt_layout`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from minigpt4.conversation import single_turn_prompt
+from minigpt4.models.base_model import BaseModel
+from minigpt4.models.prompt_layout import IGNORE_INDEX, LayoutBatch, PromptLayout
+
+
+@dataclass
+class VisualTokens:
+    """Projected visual inputs of a batch, in the LLM's hidden size H."""
+
+    image: torch.Tensor  # [B, N, H] projected image tokens (N = patches / merge)
+    streams: torch.Tensor  # [B, S, H] FaceMAE, VideoMAE[, audio] projections
+    cls: torch.Tensor  # [B, 1, H] projected CLS token
+
+    def sequence(self) -> torch.Tensor:
+        """Slot order: image tokens, then streams, then CLS -> [B, N + S + 1, H]."""
+        return torch.cat([self.image, self.streams, self.cls], dim=1)
+
+
+@dataclass
+class MiniGPTOutput:
+    loss: torch.Tensor  # class-weighted mean token cross-entropy
+    token_loss: torch.Tensor  # [M] cross-entropy of each answer token
+    token_weight: torch.Tensor  # [M] the class weight of each answer token
+
+
+class MiniGPTBase(BaseModel):
+    """Needs ``llama_model``, ``llama_tokenizer``, ``layout`` and ``precision`` set by subclasses."""
+
+    legacy_generate_context: bool = False
+
+    # ---- pieces of the wrapped LLM -------------------------------------------------------
+    @property
+    def causal_lm(self):
+        """The LLaMA causal LM under any LoRA wrapper (adapters stay injected)."""
+        llm = self.llama_model
+        return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llama_model.get_input_embeddings()(ids)
+
+    def encode_visual(self, image: torch.Tensor, video_features: torch.Tensor) -> VisualTokens:
+        raise NotImplementedError
+
+    def embed_layout(self, layout: LayoutBatch, visual: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the visual placeholders filled in slot order."""
+        device = self.device
+        embeds = self.embed_tokens(layout.input_ids.to(device))
+        mask = layout.visual_mask.to(device).unsqueeze(-1)
+        return embeds.masked_scatter(mask, visual.to(embeds.dtype))
+
+    def preparing_embedding(self, samples: dict, answers: Sequence[str] | None = None):
+        """Visual tokens and the padded training layout ``[BOS] + prompt + answer``."""
+        visual = self.encode_visual(samples["image"], samples["video_features"])
+        prompts = [self.layout.prompt_ids(text) for text in samples["instruction_input"]]
+        answers = samples["answer"] if answers is None else answers
+        layout = self.layout.batch(prompts, [self.layout.answer_ids(a) for a in answers])
+        return visual, layout
+
+    def _decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+        with self.maybe_autocast():
+            return self.causal_lm.model(inputs_embeds=embeds, attention_mask=attention_mask.to(embeds.device), **kwargs)
+
+    def _answer_token_logits(self, hidden: torch.Tensor, targets: torch.Tensor):
+        """LM head only where the next token is an answer token; logits in fp32."""
+        shifted = targets[:, 1:].to(hidden.device)
+        where = shifted != IGNORE_INDEX
+        with self.maybe_autocast():
+            logits = self.causal_lm.lm_head(hidden[:, :-1][where])
+        return logits.float(), shifted[where], where
+
+    # ---- training --------------------------------------------------------------------------
+    def forward(self, samples: dict) -> MiniGPTOutput:
+        visual, layout = self.preparing_embedding(samples)
+        embeds = self.embed_layout(layout, visual.sequence())
+        hidden = self._decode(embeds, layout.attention_mask).last_hidden_state
+        logits, labels, where = self._answer_token_logits(hidden, layout.targets)
+        token_loss = F.cross_entropy(logits, labels, reduction="none")
+        weights = samples.get("class_weight")
+        if weights is None:
+            weights = torch.ones(len(samples["instruction_input"]))
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=hidden.device)
+        token_weight = weights[:, None].expand(where.shape)[where]
+        loss = (token_weight * token_loss).sum() / token_weight.sum()
+        return MiniGPTOutput(loss=loss, token_loss=token_loss, token_weight=token_weight)
+
+    # ---- classification by candidate scoring ------------------------------------------------
+    @torch.no_grad()
+    def score_candidates(self, samples: dict, candidates: Sequence[str]) -> torch.Tensor:
+        """Log-likelihood of each candidate answer (with its end symbol) -> [B, C]."""
+        visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
+        prompts = [self.layout.prompt_ids(text) for text in samples["instruction_input"]]
+        answer_ids = [self.layout.answer_ids(c) for c in candidates]
+        n_cand = len(candidates)
+        layout = self.layout.batch([p for p in prompts for _ in range(n_cand)], answer_ids * len(prompts))
+        embeds = self.embed_layout(layout, visual.repeat_interleave(n_cand, dim=0))
+        hidden = self._decode(embeds, layout.attention_mask).last_hidden_state
+        logits, labels, where = self._answer_token_logits(hidden, layout.targets)
+        token_logp = -F.cross_entropy(logits, labels, reduction="none")
+        rows = torch.arange(where.shape[0], device=where.device)[:, None].expand(where.shape)[where]
+        scores = torch.zeros(where.shape[0], device=token_logp.device).index_add_(0, rows, token_logp)
+        return scores.view(len(prompts), n_cand)
+
+    # ---- features ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def llama_hidden_states(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+        """Last hidden states (after the final norm) at ``positions`` -> [B, P, H].
+
+        The LLM is causal, so the state at position p depends only on positions 0..p: the
+        decoder runs on the first max(positions) + 1 positions and never computes logits.
+        """
+        keep = max(positions) + 1
+        if keep > embeds.shape[1]:
+            raise ValueError(
+                f"model.llama_feature_positions reach position {keep - 1} but the input has only {embeds.shape[1]} tokens"
+            )
+        hidden = self._decode(embeds[:, :keep], attention_mask[:, :keep]).last_hidden_state
+        return hidden[:, list(positions)]
+
+    def feature_layout(self, samples: dict) -> tuple[VisualTokens, LayoutBatch]:
+        """Visual tokens and the dump's input: ``[BOS] + wrapped prompt + answer ""``."""
+        return self.preparing_embedding(samples, answers=[""] * len(samples["instruction_input"]))
+
+    # ---- generation ------------------------------------------------------------------------
+    def generation_layout(self, instructions: Sequence[str]) -> LayoutBatch:
+        if self.legacy_generate_context:
+            prompts = [self.layout.legacy_prompt_ids(i, single_turn_prompt(i)) for i in instructions]
+        else:
+            prompts = [self.layout.prompt_ids(i) for i in instructions]
+        return self.layout.batch(prompts, left_pad=True)
+
+    @torch.no_grad()
+    def generate(self, samples: dict, max_new_tokens: int = 30) -> list[str]:
+        """Greedy decoding with a KV cache; rows are left-padded so they finish together."""
+        from transformers import DynamicCache
+
+        visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
+        layout = self.generation_layout(samples["instruction_input"])
+        embeds = self.embed_layout(layout, visual)
+        mask = layout.attention_mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.causal_lm.config)
+        eos = self.layout.eos_id
+        done = torch.zeros(mask.shape[0], dtype=torch.bool, device=self.device)
+        generated = []
+        step_embeds, step_positions = embeds, positions
+        for _ in range(max_new_tokens):
+            hidden = self._decode(step_embeds, mask, position_ids=step_positions, cache=cache, use_cache=True).last_hidden_state
+            with self.maybe_autocast():
+                logits = self.causal_lm.lm_head(hidden[:, -1])
+            next_ids = torch.where(done, eos, logits.float().argmax(-1))
+            generated.append(next_ids)
+            done |= next_ids == eos
+            if bool(done.all()):
+                break
+            step_embeds = self.embed_tokens(next_ids[:, None])
+            step_positions = step_positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        tokens = torch.stack(generated, dim=1).tolist()
+        texts = []
+        for row in tokens:
+            row = row[: row.index(eos)] if eos in row else row
+            texts.append(self.llama_tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts

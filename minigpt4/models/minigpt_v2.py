@@ -1,0 +1,222 @@
+"""MiniGPT-v2 as Emotion-LLaMA uses it: EVA-CLIP image tokens, projected FaceMAE/VideoMAE
+(and optionally audio) vectors and the CLS token, fed into LLaMA-2 with LoRA."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
+from minigpt4.common.registry import registry
+from minigpt4.models.base_model import load_llm, load_vision_encoder
+from minigpt4.models.checkpoint_maps import model_to_released, released_to_model
+from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens
+from minigpt4.models.prompt_layout import PromptLayout
+
+logger = logging.getLogger(__name__)
+
+MAX_STREAMS = 3  # FaceMAE, VideoMAE, audio: all three projectors exist so released files load
+
+
+@dataclass
+class ClipFeatures:
+    """The four per-clip feature kinds of the mind-wandering dump (H = LLM hidden size)."""
+
+    facemae_projected: torch.Tensor  # [B, H]
+    videomae_projected: torch.Tensor  # [B, H]
+    image_projected: torch.Tensor  # [B, N, H]
+    llama_features: torch.Tensor  # [B, P, H]
+
+
+@registry.register_model("minigpt_v2")
+class MiniGPTv2(MiniGPTBase):
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "pretrain": "configs/models/minigpt_v2.yaml",
+        "tiny": "configs/models/minigpt_v2_tiny.yaml",
+    }
+    REQUIRED_PATHS = ("llama_model",)
+
+    def __init__(
+        self,
+        llama_model: str,
+        vit_model: str = "eva_clip_g",
+        vit_checkpoint: str | None = None,
+        image_size: int = 448,
+        drop_path_rate: float = 0.0,
+        use_grad_checkpoint: bool = False,
+        freeze_vit: bool = True,
+        image_token_merge: int = 4,
+        video_feature_dim: int = 1024,
+        num_video_streams: int = 2,
+        pad_token: str = "$$",
+        low_resource: bool = False,
+        precision: str = "bf16",
+        llm_grad_checkpoint: bool = False,
+        lora_r: int = 64,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: Sequence[str] = ("q_proj", "v_proj"),
+        chat_template: bool = True,
+        prompt_template: str = "[INST] {} [/INST]",
+        end_sym: str = "</s>",
+        max_txt_len: int = 1024,
+        max_context_len: int = 3800,
+        legacy_generate_context: bool = False,
+        llama_feature_positions: Sequence[int] = (6, 7, 8, 9),
+        trust_checkpoint: bool = False,
+    ):
+        super().__init__()
+        if not 1 <= num_video_streams <= MAX_STREAMS:
+            raise ValueError(f"model.num_video_streams must be 1..{MAX_STREAMS}, got {num_video_streams}")
+        self.precision = precision
+        self.num_video_streams = num_video_streams
+        self.image_token_merge = image_token_merge
+        self.legacy_generate_context = legacy_generate_context
+        self.llama_feature_positions = list(llama_feature_positions)
+
+        self.visual_encoder, self.ln_vision = load_vision_encoder(
+            vit_model, image_size, drop_path_rate, use_grad_checkpoint, vit_checkpoint, trust_checkpoint, precision, freeze_vit
+        )
+        grid_h, grid_w = self.visual_encoder.patch_grid
+        num_patches = grid_h * grid_w
+        if num_patches % image_token_merge:
+            raise ValueError(
+                f"model.image_token_merge={image_token_merge} does not divide the {num_patches} image patches"
+            )
+        self.llama_model, self.llama_tokenizer = load_llm(
+            llama_model, precision, pad_token, low_resource, lora_r, lora_alpha, lora_dropout,
+            lora_target_modules, llm_grad_checkpoint,
+        )
+        hidden = self.llama_model.config.hidden_size
+        width = self.visual_encoder.num_features
+
+        self.llama_proj = nn.Linear(width * image_token_merge, hidden)
+        self.cls_tk_llama_proj = nn.Linear(width, hidden)
+        self.feats_llama_proj1 = nn.Linear(video_feature_dim, hidden)
+        self.feats_llama_proj2 = nn.Linear(video_feature_dim, hidden)
+        self.feats_llama_proj3 = nn.Linear(video_feature_dim, hidden)
+        # Projectors of unused streams stay frozen so DDP needs no unused-parameter search.
+        for index in range(num_video_streams, MAX_STREAMS):
+            self.stream_projectors[index].requires_grad_(False)
+
+        self.layout = PromptLayout(
+            self.llama_tokenizer,
+            num_image_tokens=num_patches // image_token_merge,
+            num_feature_tokens=num_video_streams + 1,
+            chat_template=chat_template,
+            prompt_template=prompt_template,
+            end_sym=end_sym,
+            max_txt_len=max_txt_len,
+            max_context_len=max_context_len,
+        )
+
+    @property
+    def stream_projectors(self) -> list[nn.Linear]:
+        return [self.feats_llama_proj1, self.feats_llama_proj2, self.feats_llama_proj3]
+
+    # ---- encoding ------------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """EVA tokens through ln_vision -> (patch tokens [B, 1024, 1408], CLS [B, 1408])."""
+        encoder_dtype = self.visual_encoder.patch_embed.proj.weight.dtype
+        with self.maybe_autocast():
+            tokens = self.visual_encoder(image.to(self.device, encoder_dtype))
+        tokens = self.ln_vision(tokens)  # fp32
+        return tokens[:, 1:], tokens[:, 0]
+
+    def encode_visual(self, image: torch.Tensor, video_features: torch.Tensor) -> VisualTokens:
+        patches, cls = self.encode_image(image)
+        batch, num_patches, width = patches.shape
+        # Every `merge` consecutive patch tokens (row-major) become one token:
+        # [B, 1024, 1408] -> [B, 256, 5632] for the full model.
+        merged = patches.reshape(batch, num_patches // self.image_token_merge, width * self.image_token_merge)
+        video_features = video_features.to(self.device, torch.float32)
+        with self.maybe_autocast():
+            image_tokens = self.llama_proj(merged)
+            streams = torch.stack(
+                [self.stream_projectors[k](video_features[:, k]) for k in range(self.num_video_streams)], dim=1
+            )
+            cls_token = self.cls_tk_llama_proj(cls).unsqueeze(1)
+        return VisualTokens(image=image_tokens, streams=streams, cls=cls_token)
+
+    @torch.no_grad()
+    def extract_features(self, samples: dict, positions: Sequence[int] | None = None, full_sequence: bool = False) -> ClipFeatures:
+        """The four feature kinds of SPEC section 7 for a batch.
+
+        ``full_sequence=True`` runs the LLM over the whole input (the reference path kept for
+        tests and benchmarks); by default only the prefix the positions need is computed.
+        """
+        positions = list(positions if positions is not None else self.llama_feature_positions)
+        visual, layout = self.feature_layout(samples)
+        embeds = self.embed_layout(layout, visual.sequence())
+        mask = layout.attention_mask.to(self.device)
+        if full_sequence:
+            hidden = self._decode(embeds, mask).last_hidden_state[:, positions]
+        else:
+            hidden = self.llama_hidden_states(embeds, mask, positions)
+        return ClipFeatures(
+            facemae_projected=visual.streams[:, 0],
+            videomae_projected=visual.streams[:, 1],
+            image_projected=visual.image,
+            llama_features=hidden,
+        )
+
+    def feature_position_tokens(self, instruction: str, positions: Sequence[int] | None = None) -> list[str]:
+        """What sits at each dump position: a token string, or <image k>/<stream k>/<cls>."""
+        positions = list(positions if positions is not None else self.llama_feature_positions)
+        ids = self.layout.prompt_ids(instruction) + self.layout.answer_ids("")
+        visual_names = [f"<image {k}>" for k in range(self.layout.num_image_tokens)]
+        visual_names += [f"<stream {k}>" for k in range(self.num_video_streams)] + ["<cls>"]
+        names, visual_index = [], 0
+        for token in ids:
+            if token < 0:
+                names.append(visual_names[visual_index])
+                visual_index += 1
+            else:
+                names.append(self.llama_tokenizer.convert_ids_to_tokens(token))
+        return [names[p] if p < len(names) else "<beyond input>" for p in positions]
+
+    # ---- trainable set and checkpoints -------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors, in the released (peft 0.2) layout."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        state = {name: t.detach().clone() for name, t in self.state_dict().items() if name in trainable}
+        return model_to_released(state)
+
+    def load_released_checkpoint(self, path: str, strict: bool = True, trust_checkpoint: bool = False) -> LoadReport:
+        """Load an Emotion-LLaMA / MiniGPT-v2 ``.pth`` (or one written by this project).
+
+        A wrongly shaped tensor is an error that names it.  Under ``strict`` so is a file
+        tensor with no place in the model and a trainable tensor the file does not provide;
+        without it they are reported as a warning.
+        """
+        raw = unwrap_state_dict(load_checkpoint(path, "model.ckpt", trust_checkpoint), "model.ckpt", keys=("model",))
+        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
+        report = apply_state_dict(
+            self, released_to_model(raw), f"model.ckpt {path}", require_all=strict, strict_unexpected=strict, required=trainable
+        )
+        if not report.clean:
+            logger.warning("model.ckpt: %s does not match the model exactly: %s", path, report.describe())
+        logger.info("model.ckpt: %s: %s", path, report.describe())
+        return report
+
+    @classmethod
+    def from_config(cls, cfg) -> "MiniGPTv2":
+        keys = (
+            "vit_model", "vit_checkpoint", "image_size", "drop_path_rate", "use_grad_checkpoint", "freeze_vit",
+            "image_token_merge", "video_feature_dim", "num_video_streams", "pad_token", "low_resource", "precision",
+            "llm_grad_checkpoint", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "chat_template",
+            "prompt_template", "end_sym", "max_txt_len", "max_context_len", "legacy_generate_context",
+            "llama_feature_positions", "trust_checkpoint",
+        )
+        kwargs = {key: cfg[key] for key in keys if key in cfg}
+        for key in ("lora_target_modules", "llama_feature_positions"):
+            if key in kwargs:
+                kwargs[key] = list(kwargs[key])
+        model = cls(llama_model=cfg["llama_model"], **kwargs)
+        if cfg.get("ckpt"):
+            model.load_released_checkpoint(cfg["ckpt"], strict=cfg.get("strict_ckpt", True), trust_checkpoint=cfg.get("trust_checkpoint", False))
+        return model

@@ -1,0 +1,161 @@
+"""The one place that knows where every token of the LLM input goes.
+
+An instruction holds two slots.  The image tokens replace ``<VideoHere>``; the feature
+stream tokens (FaceMAE, VideoMAE[, audio]) followed by the CLS token replace
+``<FeatureHere>``.  The LLM input is ``[BOS] + wrapped prompt + answer tokens`` where the
+text pieces around the slots are tokenized without special tokens (plain SentencePiece, as
+the released model was trained).  Slots are marked with placeholders here; the model fills
+them with visual embeddings in one ``masked_scatter``.
+
+(The upstream code put the last 4 of 259 visual tokens into the feature slot, moving an image
+token there; here the slot sizes come from the model and are checked.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+
+VIDEO_SLOT = "<VideoHere>"
+FEATURE_SLOT = "<FeatureHere>"
+BOS_MARKER = "<s>"
+PLACEHOLDER = -1  # stands for one visual embedding until the model fills it
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LayoutBatch:
+    """Token ids of a padded batch; visual positions hold ``pad_id`` and are flagged."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long, 0 on padding
+    visual_mask: torch.Tensor  # [B, T] bool, True where a visual embedding goes
+    targets: torch.Tensor  # [B, T] long, IGNORE_INDEX except on answer tokens
+    prompt_lengths: list[int]  # tokens before the answer, per sample
+
+
+class PromptLayout:
+    """Turns instructions and answers into token ids with visual placeholders.
+
+    ``tokenizer`` is a Hugging Face tokenizer of the LLaMA folder; ``num_image_tokens`` and
+    ``num_feature_tokens`` (streams + CLS) come from the model's sizes.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        num_image_tokens: int,
+        num_feature_tokens: int,
+        chat_template: bool,
+        prompt_template: str,
+        end_sym: str,
+        max_txt_len: int,
+        max_context_len: int,
+    ):
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.num_feature_tokens = num_feature_tokens
+        self.chat_template = chat_template
+        self.prompt_template = prompt_template
+        self.end_sym = end_sym
+        self.max_txt_len = max_txt_len
+        self.max_context_len = max_context_len
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self._encode_cached = lru_cache(maxsize=4096)(self._encode)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        if not text:
+            return ()
+        return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Plain SentencePiece ids of ``text`` (no BOS/EOS); cached, prompts repeat a lot."""
+        return list(self._encode_cached(text))
+
+    def wrap(self, instruction: str) -> str:
+        return self.prompt_template.format(instruction) if self.chat_template else instruction
+
+    def prompt_ids(self, instruction: str) -> list[int]:
+        """``[BOS] + wrapped instruction`` with PLACEHOLDERs in both slots."""
+        text = self.wrap(instruction)
+        if text.count(VIDEO_SLOT) != 1 or text.count(FEATURE_SLOT) != 1:
+            raise ValueError(
+                f"the instruction must hold {VIDEO_SLOT} and {FEATURE_SLOT} exactly once each: {instruction!r}"
+            )
+        before_video, rest = text.split(VIDEO_SLOT)
+        if FEATURE_SLOT not in rest:
+            raise ValueError(f"{FEATURE_SLOT} must come after {VIDEO_SLOT}: {instruction!r}")
+        between, after_feature = rest.split(FEATURE_SLOT)
+        ids = (
+            [self.bos_id]
+            + self.encode(before_video)
+            + [PLACEHOLDER] * self.num_image_tokens
+            + self.encode(between)
+            + [PLACEHOLDER] * self.num_feature_tokens
+            + self.encode(after_feature)
+        )
+        if len(ids) > self.max_context_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, more than model.max_context_len={self.max_context_len}: {instruction!r}"
+            )
+        return ids
+
+    def legacy_prompt_ids(self, instruction: str, conversation_prompt: str) -> list[int]:
+        """The upstream inference layout, kept to reproduce published numbers.
+
+        Upstream generation used the conversation prompt ``<s>[INST] {} [/INST]``, added BOS in
+        front of it (so ``<s>`` became a second BOS), put *all* visual tokens at
+        ``<VideoHere>`` and left ``<FeatureHere>`` in the text.
+        """
+        text = conversation_prompt
+        if text.count(VIDEO_SLOT) != 1:
+            raise ValueError(f"the instruction must hold {VIDEO_SLOT} exactly once: {instruction!r}")
+        before_video, after_video = text.split(VIDEO_SLOT)
+        return (
+            [self.bos_id]
+            + self._encode_with_bos_markers(before_video)
+            + [PLACEHOLDER] * (self.num_image_tokens + self.num_feature_tokens)
+            + self._encode_with_bos_markers(after_video)
+        )
+
+    def _encode_with_bos_markers(self, text: str) -> list[int]:
+        # The slow LLaMA tokenizer upstream turned a literal "<s>" into the BOS id.
+        pieces = text.split(BOS_MARKER)
+        ids = self.encode(pieces[0])
+        for piece in pieces[1:]:
+            ids += [self.bos_id] + self.encode(piece)
+        return ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Answer tokens plus the end symbol (``</s>`` is the EOS id), capped at max_txt_len."""
+        if self.end_sym == self.tokenizer.eos_token:
+            ids = self.encode(answer) + [self.eos_id]
+        else:
+            ids = self.encode(answer + self.end_sym)
+        return ids[: self.max_txt_len]
+
+    def batch(self, prompts: Sequence[list[int]], answers: Sequence[list[int]] | None = None, left_pad: bool = False) -> LayoutBatch:
+        """Pad ``prompt + answer`` sequences; targets cover the answer tokens only."""
+        answers = answers if answers is not None else [[] for _ in prompts]
+        sequences = [p + a for p, a in zip(prompts, answers)]
+        length = max(len(s) for s in sequences)
+        size = (len(sequences), length)
+        input_ids = torch.full(size, self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(size, dtype=torch.long)
+        visual_mask = torch.zeros(size, dtype=torch.bool)
+        targets = torch.full(size, IGNORE_INDEX, dtype=torch.long)
+        for row, (prompt, answer, seq) in enumerate(zip(prompts, answers, sequences)):
+            start = length - len(seq) if left_pad else 0
+            ids = torch.tensor(seq, dtype=torch.long)
+            span = slice(start, start + len(seq))
+            visual_mask[row, span] = ids == PLACEHOLDER
+            input_ids[row, span] = torch.where(ids == PLACEHOLDER, self.pad_id, ids)
+            attention_mask[row, span] = 1
+            if answer:
+                targets[row, start + len(prompt) : start + len(seq)] = torch.tensor(answer, dtype=torch.long)
+        return LayoutBatch(input_ids, attention_mask, visual_mask, targets, [len(p) for p in prompts])

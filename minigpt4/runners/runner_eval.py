@@ -1,0 +1,95 @@
+"""Evaluation runner: feature dumps and generation-based evaluation over the datasets named
+on the command line (``eval_emotion.py --dataset a,b``).
+
+Every dataset is built and validated before the model is loaded, so bad input fails fast and
+before any output is written.  The dataset's builder names the task that evaluates it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from minigpt4.common import dist_utils
+from minigpt4.common.config import Config, ConfigError
+from minigpt4.common.registry import registry
+from minigpt4.runners.common import row_loader, seed_everything, select_device
+from minigpt4.tasks.base_task import BaseTask
+
+logger = logging.getLogger(__name__)
+
+
+def write_skipped_report(path: Path, skipped) -> None:
+    """``skipped.tsv``: one line per clip left out, with the file and the reason."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["clip", "file", "problem"])
+        for bad in skipped:
+            writer.writerow([bad.clip, bad.file, bad.problem])
+
+
+@registry.register_runner("runner_eval")
+class RunnerEval:
+    DEFAULT_TASK = "feature_dump"
+    CONFIG = "configs/runners/runner_eval.yaml"
+
+    @classmethod
+    def default_config_path(cls) -> Path:
+        return Path(__file__).resolve().parents[1] / cls.CONFIG
+
+    def __init__(self, cfg: Config, dataset_names: Sequence[str]):
+        self.cfg = cfg
+        self.run_cfg = cfg.run_cfg
+        self.dataset_names = list(dataset_names)
+        sections = {**cfg.datasets_cfg, **cfg.evaluation_datasets_cfg}
+        for name in self.dataset_names:
+            if name not in sections:
+                raise ConfigError(
+                    f"--dataset {name}: not configured; add it under evaluation_datasets in {cfg.args.cfg_path} "
+                    f"(configured: {', '.join(sections) or 'none'})"
+                )
+        self.sections = sections
+
+    def _build_dataset(self, name: str):
+        section = self.sections[name]
+        fold = section.get("fold", -1)
+        split = "all" if fold is None or fold < 0 else "eval"
+        dataset = BaseTask.build_dataset(name, section, split, None if split == "all" else fold)
+        return dataset
+
+    def run(self) -> dict:
+        dist_utils.init_distributed()
+        seed_everything(self.run_cfg.seed)
+        datasets = {name: self._build_dataset(name) for name in self.dataset_names}
+        device = select_device(self.run_cfg.device)
+        model = BaseTask.build_model(self.cfg.model_cfg).to(device).eval()
+        results = {}
+        for name, dataset in datasets.items():
+            builder = registry.get("builder", name)
+            task = registry.get("task", builder.EVAL_TASK).setup_task(self.run_cfg)
+            results[name] = self._evaluate(name, task, model, dataset)
+        dist_utils.barrier()
+        return results
+
+    def _evaluate(self, name: str, task, model, dataset) -> dict:
+        out_dir = Path(self.run_cfg.output_dir)
+        if getattr(task, "PER_DATASET_FOLDER", False):
+            out_dir = out_dir / name
+        if dataset.skipped and dist_utils.is_main_process():
+            write_skipped_report(out_dir / "skipped.tsv", dataset.skipped)
+        writer, rows = task.open_writer(model, dataset, out_dir, self.cfg.model_cfg, self.sections[name])
+        loader = row_loader(dataset, rows, self.run_cfg.batch_size, self.run_cfg.num_workers)
+        progress = tqdm(loader, desc=name, disable=not dist_utils.is_main_process(), unit="batch")
+        with torch.inference_mode():
+            for batch in progress:
+                task.step(model, batch, writer)
+        manifest = writer.finish()
+        if dist_utils.is_main_process():
+            logger.info("%s", task.summary(manifest, out_dir))
+        return manifest

@@ -1,0 +1,90 @@
+"""The mind-wandering feature dump (SPEC section 7): four arrays per clip, streamed to disk.
+
+Per clip: the FaceMAE and VideoMAE projections (H), the projected image tokens (N x H) and
+the LLM's last hidden states at ``model.llama_feature_positions`` (P x H) of the input
+``[BOS] + wrapped prompt + answer ""``.  Rows follow ``names.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from minigpt4.common.registry import registry
+from minigpt4.features.writer import FeatureWriter
+from minigpt4.tasks.base_task import BaseTask
+
+logger = logging.getLogger(__name__)
+
+FEATURE_KINDS = {
+    # file stem -> attribute of ClipFeatures
+    "facemae_projected_features": "facemae_projected",
+    "videomae_projected_features": "videomae_projected",
+    "image_projected_features": "image_projected",
+    "llama_features": "llama_features",
+}
+
+
+def _weights_used(model_cfg) -> dict:
+    keys = ("llama_model", "vit_checkpoint", "ckpt")
+    return {key: model_cfg.get(key) or None for key in keys}
+
+
+@registry.register_task("feature_dump")
+class FeatureDumpTask(BaseTask):
+    def open_writer(self, model, dataset, out_dir: Path, model_cfg, dataset_cfg) -> tuple[FeatureWriter, list[int]]:
+        """Create (or resume) the output folder; returns the writer and this process's rows."""
+        positions = list(model.llama_feature_positions)
+        instruction = dataset.instruction
+        hidden = model.llama_model.config.hidden_size
+        row_shapes = {
+            "facemae_projected_features": (hidden,),
+            "videomae_projected_features": (hidden,),
+            "image_projected_features": (model.layout.num_image_tokens, hidden),
+            "llama_features": (len(positions), hidden),
+        }
+        tokens = model.feature_position_tokens(instruction, positions)
+        manifest = {
+            "fingerprint": {
+                "model": OmegaConf.to_container(model_cfg, resolve=True),
+                "dataset": OmegaConf.to_container(dataset_cfg, resolve=True),
+            },
+            "weights": _weights_used(model_cfg),
+            "llama_feature_positions": [{"position": p, "token": t} for p, t in zip(positions, tokens)],
+            "instruction": instruction,
+            "skipped": len(getattr(dataset, "skipped", [])),
+        }
+        writer = FeatureWriter(
+            out_dir,
+            dataset.names,
+            row_shapes,
+            manifest,
+            dtype=self.run_cfg.feature_dtype,
+            layout=self.run_cfg.feature_layout,
+            overwrite=self.run_cfg.overwrite,
+        )
+        return writer, writer.open()
+
+    @staticmethod
+    def step(model, batch: dict, writer: FeatureWriter) -> None:
+        features = model.extract_features(batch)
+        arrays = {
+            stem: getattr(features, attr).detach().to("cpu", torch.float32).numpy()
+            for stem, attr in FEATURE_KINDS.items()
+        }
+        writer.write(batch["row"], arrays)
+
+    @staticmethod
+    def summary(manifest: dict, out_dir: Path) -> str:
+        lines = [f"features in {out_dir}: {manifest['rows']} clips ({manifest['dtype']}, {manifest['layout']})"]
+        for stem, entry in manifest["files"].items():
+            lines.append(f"  {entry['path']:<40} {tuple(entry['shape'])}")
+        positions = ", ".join(f"{p['position']}={p['token']}" for p in manifest["llama_feature_positions"])
+        lines.append(f"  llama positions: {positions}")
+        if manifest.get("skipped"):
+            lines.append(f"  skipped {manifest['skipped']} clips (see skipped.tsv)")
+        return "\n".join(lines)
+

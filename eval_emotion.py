@@ -10,7 +10,6 @@ import argparse
 
 import minigpt4  # noqa: F401  (registers models, datasets, tasks and runners)
 from minigpt4.common.config import Config
-from minigpt4.common.logger import setup_logging
 from minigpt4.common.registry import registry
 
 
@@ -28,7 +27,6 @@ def main(argv=None) -> dict:
     if args.overwrite:
         args.options = [*args.options, "run.overwrite=true"]
     cfg = Config(args, default_runner="runner_eval")
-    setup_logging(cfg.run_cfg.log_level)
     runner = registry.get("runner", cfg.run_cfg.runner)(cfg, [name.strip() for name in args.dataset.split(",") if name.strip()])
     return runner.run()
 

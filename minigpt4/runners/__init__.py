@@ -1,1 +1,1 @@
-from minigpt4.runners import runner_eval  # noqa: F401  (registers the runners)
+from minigpt4.runners import runner_base, runner_eval  # noqa: F401  (registers the runners)

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from minigpt4.common import dist_utils
+from minigpt4.common.logger import setup_logging
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
 from minigpt4.runners.common import row_loader, seed_everything, select_device
@@ -65,6 +66,7 @@ class RunnerEval:
 
     def run(self) -> dict:
         dist_utils.init_distributed()
+        setup_logging(self.run_cfg.log_level)  # after init: it needs the rank
         seed_everything(self.run_cfg.seed)
         datasets = {name: self._build_dataset(name) for name in self.dataset_names}
         device = select_device(self.run_cfg.device)

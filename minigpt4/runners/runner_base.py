@@ -1,0 +1,302 @@
+"""Training runner: k-fold LoRA fine-tuning with per-epoch validation (``train.py``).
+
+For each held-out fold in ``run.folds`` the trainable tensors are reset to their initial
+values, trained for ``max_epoch`` epochs and validated after every epoch; the best epoch by
+``run.best_metric`` is kept.  Per fold: ``checkpoint_last.pth`` (exact resume),
+``checkpoint_best.pth`` (released layout, loadable through ``model.ckpt``), ``metrics.json``
+and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import itertools
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
+
+from minigpt4.common import dist_utils
+from minigpt4.common.logger import MetricLogger, setup_logging
+from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from minigpt4.common.config import Config, ConfigError
+from minigpt4.common.optims import build_optimizer_param_groups
+from minigpt4.common.registry import registry
+from minigpt4.datasets.data_utils import collate_clips
+from minigpt4.models.checkpoint_maps import released_to_model
+from minigpt4.runners.common import row_loader, seed_everything, select_device
+from minigpt4.runners.tracking import Tracker
+from minigpt4.tasks.metrics import format_metrics_table, summarize_folds
+
+logger = logging.getLogger(__name__)
+
+# Model keys that change the trainable tensors: a resume file must agree on all of them.
+ARCHITECTURE_KEYS = (
+    "arch", "model_type", "vit_model", "image_size", "image_token_merge", "video_feature_dim",
+    "num_video_streams", "lora_r", "lora_alpha", "lora_target_modules", "freeze_vit",
+)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    version, *rest = state["python"]
+    random.setstate((version, tuple(rest[0]), rest[1]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@registry.register_runner("runner_base")
+class RunnerBase:
+    DEFAULT_TASK = "mw_classification"
+    CONFIG = "configs/runners/runner_base.yaml"
+
+    @classmethod
+    def default_config_path(cls) -> Path:
+        return Path(__file__).resolve().parents[1] / cls.CONFIG
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_cfg = cfg.run_cfg
+        self.task = registry.get("task", self.run_cfg.task).setup_task(self.run_cfg)
+        if self.run_cfg.best_metric not in self.task.METRICS:
+            raise ConfigError(
+                f"run.best_metric: {self.run_cfg.best_metric!r} is not a metric of task {self.run_cfg.task}; "
+                f"choices: {', '.join(self.task.METRICS)}"
+            )
+        if not cfg.datasets_cfg:
+            raise ConfigError("datasets: no training dataset configured")
+        self.out_dir = Path(self.run_cfg.output_dir)
+        self.resume = self._read_resume_file() if self.run_cfg.resume_ckpt_path else None
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _read_resume_file(self) -> dict:
+        path = self.run_cfg.resume_ckpt_path
+        state = load_checkpoint(path, "run.resume_ckpt_path")
+        if not isinstance(state, dict) or "optimizer" not in state or "fold" not in state:
+            raise CheckpointError(f"run.resume_ckpt_path: {path} is not a training checkpoint (checkpoint_last.pth)")
+        saved = state.get("config", {}).get("model", {})
+        current = OmegaConf.to_container(self.cfg.model_cfg, resolve=True)
+        differing = [key for key in ARCHITECTURE_KEYS if saved.get(key) != current.get(key)]
+        if differing:
+            details = ", ".join(f"{k}: file {saved.get(k)!r} vs config {current.get(k)!r}" for k in differing)
+            raise CheckpointError(f"run.resume_ckpt_path: {path} comes from a different model ({details})")
+        if state["fold"] not in self.run_cfg.folds:
+            raise ConfigError(f"run.resume_ckpt_path: {path} belongs to fold {state['fold']}, not in run.folds")
+        return state
+
+    def _check_output_dir(self) -> None:
+        earlier = sorted(self.out_dir.glob("fold_*/checkpoint_last.pth"))
+        if earlier and self.resume is None and not self.run_cfg.overwrite:
+            raise ConfigError(
+                f"run.output_dir: {self.out_dir} holds an earlier run ({earlier[0]}); set run.resume_ckpt_path to "
+                "continue it, run.overwrite: true to replace it, or another output_dir"
+            )
+
+    def _build_fold_datasets(self, fold: int) -> tuple:
+        """Train and eval splits of every configured dataset for one held-out fold."""
+        train, evaluation = [], []
+        for name, section in self.cfg.datasets_cfg.items():
+            builder = registry.get("builder", name)(section)
+            train.append(builder.build("train", fold))
+            evaluation.append(builder.build("eval", fold))
+        merged_train = train[0] if len(train) == 1 else ConcatDataset(train)
+        merged_eval = evaluation[0] if len(evaluation) == 1 else ConcatDataset(evaluation)
+        return merged_train, merged_eval, list(evaluation[0].candidate_answers)
+
+    def _train_loader(self, dataset, fold: int, epoch: int, data_pass: int = 0) -> DataLoader:
+        # The shuffle depends only on (seed, fold, epoch, pass): a resumed run sees the same order.
+        seed = int(np.random.SeedSequence([self.run_cfg.seed, fold, epoch, data_pass]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        if dist_utils.get_world_size() > 1:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
+        else:
+            sampler = RandomSampler(dataset, generator=generator)
+        return DataLoader(
+            dataset, batch_size=self.run_cfg.batch_size_train, sampler=sampler,
+            num_workers=self.run_cfg.num_workers, collate_fn=collate_clips, generator=generator, drop_last=False,
+        )
+
+    def _scheduler(self, optimizer, steps_per_epoch: int):
+        cls = registry.get("lr_scheduler", self.run_cfg.lr_sched)
+        values = {
+            "max_epoch": self.run_cfg.max_epoch, "iters_per_epoch": steps_per_epoch, "min_lr": self.run_cfg.min_lr,
+            "init_lr": self.run_cfg.init_lr, "warmup_steps": self.run_cfg.warmup_steps,
+            "warmup_start_lr": self.run_cfg.warmup_lr, "decay_rate": self.run_cfg.decay_rate,
+        }
+        accepted = inspect.signature(cls).parameters
+        return cls(optimizer, **{k: v for k, v in values.items() if k in accepted})
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        dist_utils.init_distributed()
+        setup_logging(self.run_cfg.log_level)  # after init: it needs the rank
+        self._check_output_dir()
+        folds = list(self.run_cfg.folds)
+        fold_data = {fold: self._build_fold_datasets(fold) for fold in folds}  # bad data fails here
+        device = select_device(self.run_cfg.device)
+        seed_everything(self.run_cfg.seed)
+        model = self.task.build_model(self.cfg.model_cfg).to(device)
+        initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        tracker = Tracker(self.run_cfg, self.out_dir, self.cfg.to_dict())
+        results = {}
+        try:
+            for fold in folds:
+                if self.resume is not None and fold < self.resume["fold"]:
+                    results[fold] = self._read_fold_metrics(fold)
+                    continue
+                seed_everything(self.run_cfg.seed)
+                model.load_state_dict(initial, strict=False)
+                results[fold] = self._train_fold(model, fold, *fold_data[fold], tracker)
+        finally:
+            tracker.close()
+        return self._write_summary(results)
+
+    def _read_fold_metrics(self, fold: int) -> dict:
+        path = self.out_dir / f"fold_{fold}" / "metrics.json"
+        if not path.is_file():
+            raise ConfigError(f"run.resume_ckpt_path: fold {fold} comes earlier but {path} is missing")
+        return json.loads(path.read_text())["best"]
+
+    def _train_fold(self, model, fold: int, train_set, eval_set, candidates, tracker: Tracker) -> dict:
+        fold_dir = self.out_dir / f"fold_{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        ddp = dist_utils.get_world_size() > 1
+        net = DistributedDataParallel(model, find_unused_parameters=False) if ddp else model
+        optimizer = torch.optim.AdamW(
+            build_optimizer_param_groups(model, self.run_cfg.weight_decay), lr=self.run_cfg.init_lr, betas=(0.9, 0.999)
+        )
+        steps = self.run_cfg.iters_per_epoch or len(self._train_loader(train_set, fold, 0))
+        scheduler = self._scheduler(optimizer, steps)
+        use_scaler = model.device.type == "cuda" and model.precision == "fp16"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        eval_rows = range(dist_utils.get_rank(), len(eval_set), dist_utils.get_world_size())
+        eval_loader = row_loader(eval_set, eval_rows, self.run_cfg.batch_size_eval, self.run_cfg.num_workers)
+
+        start_epoch, history, best = 0, [], {"epoch": -1, "value": None, "metrics": None}
+        if self.resume is not None and self.resume["fold"] == fold:
+            start_epoch, history, best = self._restore(model, optimizer, scheduler, scaler)
+            self.resume = None
+
+        for epoch in range(start_epoch, self.run_cfg.max_epoch):
+            net.train()
+            train_loss = self._train_epoch(net, optimizer, scheduler, scaler, train_set, fold, epoch, steps, tracker)
+            net.eval()
+            result = self.task.evaluation(model, eval_loader, candidates)
+            value = result.metrics.get(self.run_cfg.best_metric)
+            history.append({"epoch": epoch, "train_loss": train_loss, "metrics": result.metrics})
+            for name, metric in result.metrics.items():
+                if isinstance(metric, (int, float)) and not isinstance(metric, bool):
+                    tracker.scalar(f"fold_{fold}/val/{name}", metric, epoch)
+            logger.info("fold %d epoch %d: train loss %.4f, %s %s", fold, epoch, train_loss, self.run_cfg.best_metric, value)
+            if self._improves(value, best["value"]):
+                best = {"epoch": epoch, "value": value, "metrics": result.metrics}
+                self._save_best(model, fold_dir, fold, epoch, result)
+            self._save_last(model, optimizer, scheduler, scaler, fold_dir, fold, epoch, history, best)
+        self._write_fold_metrics(fold_dir, fold, history, best)
+        return best["metrics"]
+
+    def _improves(self, value, best) -> bool:
+        if value is None:
+            return best is None
+        if best is None:
+            return True
+        larger_is_better = self.task.METRICS[self.run_cfg.best_metric]
+        return value > best if larger_is_better else value < best
+
+    def _batches(self, train_set, fold: int, epoch: int, steps: int) -> Iterator[dict]:
+        """``steps`` batches, passing over the data again if ``iters_per_epoch`` asks for more."""
+        passes = (self._train_loader(train_set, fold, epoch, data_pass) for data_pass in itertools.count())
+        return itertools.islice(itertools.chain.from_iterable(passes), steps)
+
+    def _train_epoch(self, net, optimizer, scheduler, scaler, train_set, fold, epoch, steps, tracker) -> float:
+        accum = self.run_cfg.accum_grad_iters
+        meters = MetricLogger()
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer.zero_grad(set_to_none=True)
+        header = f"fold {fold} epoch {epoch}"
+        for step, samples in enumerate(meters.log_every(self._batches(train_set, fold, epoch, steps), self.run_cfg.log_freq, header)):
+            lr = scheduler.step(cur_epoch=epoch, cur_step=step)
+            loss = self.task.train_step(net, samples)
+            scaler.scale(loss / accum).backward()
+            if (step + 1) % accum == 0 or step + 1 == steps:
+                if self.run_cfg.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, self.run_cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+            meters.update(loss=loss.item(), lr=lr)
+            tracker.scalar(f"fold_{fold}/train/loss", loss.item(), epoch * steps + step)
+            tracker.scalar(f"fold_{fold}/train/lr", lr, epoch * steps + step)
+        meters.synchronize_between_processes()
+        return meters.meters["loss"].global_avg
+
+    # ---- checkpoints and reports -------------------------------------------------------------
+    def _save_best(self, model, fold_dir: Path, fold: int, epoch: int, result) -> None:
+        if not dist_utils.is_main_process():
+            return
+        save_checkpoint(
+            {"model": model.trainable_state_dict(), "fold": fold, "epoch": epoch, "metrics": result.metrics,
+             "config": self.cfg.to_dict()},
+            fold_dir / "checkpoint_best.pth",
+        )
+        with open(fold_dir / "predictions.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["clip", "label", "prediction", "p_mw"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(result.predictions)
+
+    def _save_last(self, model, optimizer, scheduler, scaler, fold_dir, fold, epoch, history, best) -> None:
+        if dist_utils.is_main_process():
+            save_checkpoint(
+                {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+                 "scaler": scaler.state_dict(), "lr_sched": scheduler.state_dict(), "fold": fold, "epoch": epoch,
+                 "history": history, "best": best, "rng": _rng_state(), "config": self.cfg.to_dict()},
+                fold_dir / "checkpoint_last.pth",
+            )
+        dist_utils.barrier()
+
+    def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, list, dict]:
+        state = self.resume
+        model.load_state_dict(released_to_model(state["model"]), strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_sched"])
+        if state["scaler"]:  # empty when fp16 loss scaling is off
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        logger.info("resumed fold %d after epoch %d from %s", state["fold"], state["epoch"], self.run_cfg.resume_ckpt_path)
+        return state["epoch"] + 1, state["history"], state["best"]
+
+    def _write_fold_metrics(self, fold_dir: Path, fold: int, history: list, best: dict) -> None:
+        if dist_utils.is_main_process():
+            payload = {"fold": fold, "best_metric": self.run_cfg.best_metric, "best_epoch": best["epoch"],
+                       "best": best["metrics"], "history": history}
+            (fold_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+    def _write_summary(self, results: dict) -> dict:
+        per_fold = {f"fold {fold}": metrics for fold, metrics in results.items()}
+        summary = {"best_metric": self.run_cfg.best_metric, "folds": {str(k): v for k, v in results.items()},
+                   "summary": summarize_folds(list(results.values()))}
+        if dist_utils.is_main_process():
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            logger.info("results across folds:\n%s", format_metrics_table(per_fold, summary["summary"]))
+        return summary

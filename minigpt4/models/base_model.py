@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from minigpt4.common.registry import registry
+from minigpt4.models.llama_tokenizer import LlamaTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def load_llm(
     grad_checkpoint: bool,
 ):
     """Load the LLaMA folder frozen, with LoRA adapters on top when ``lora_r > 0``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = Path(llama_model).expanduser()
     if not (folder / "config.json").is_file():
@@ -78,10 +79,7 @@ def load_llm(
             f"model.llama_model: no Hugging Face LLaMA folder at {folder} (config.json missing); "
             "point it at your Llama-2-7b-chat-hf download"
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.pad_token = pad_token
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.unk_token_id:
-        raise ValueError(f"model.pad_token: {pad_token!r} is not a token of the tokenizer in {folder}")
+    tokenizer = LlamaTokenizer.from_folder(folder, pad_token)
 
     kwargs: dict = {"dtype": resolve_dtype(precision)}
     if low_resource:
@@ -91,6 +89,11 @@ def load_llm(
 
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": torch.cuda.current_device()})
     llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if len(tokenizer) > llm.config.vocab_size:
+        raise ValueError(
+            f"model.llama_model: the tokenizer in {folder} has {len(tokenizer)} pieces but the LLM only "
+            f"{llm.config.vocab_size} embeddings"
+        )
     llm.requires_grad_(False)
     if grad_checkpoint:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

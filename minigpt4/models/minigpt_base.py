@@ -171,5 +171,5 @@ class MiniGPTBase(BaseModel):
         texts = []
         for row in tokens:
             row = row[: row.index(eos)] if eos in row else row
-            texts.append(self.llama_tokenizer.decode(row, skip_special_tokens=True).strip())
+            texts.append(self.llama_tokenizer.decode(row).strip())
         return texts

@@ -40,7 +40,7 @@ class LayoutBatch:
 class PromptLayout:
     """Turns instructions and answers into token ids with visual placeholders.
 
-    ``tokenizer`` is a Hugging Face tokenizer of the LLaMA folder; ``num_image_tokens`` and
+    ``tokenizer`` is the SentencePiece :class:`LlamaTokenizer` of the LLaMA folder; ``num_image_tokens`` and
     ``num_feature_tokens`` (streams + CLS) come from the model's sizes.
     """
 
@@ -69,9 +69,7 @@ class PromptLayout:
         self._encode_cached = lru_cache(maxsize=4096)(self._encode)
 
     def _encode(self, text: str) -> tuple[int, ...]:
-        if not text:
-            return ()
-        return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return tuple(self.tokenizer.encode(text))
 
     def encode(self, text: str) -> list[int]:
         """Plain SentencePiece ids of ``text`` (no BOS/EOS); cached, prompts repeat a lot."""

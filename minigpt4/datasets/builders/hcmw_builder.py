@@ -1,0 +1,38 @@
+"""Builder of ``hcmw_caption``, the mind-wandering clips."""
+
+from __future__ import annotations
+
+from minigpt4.common.registry import registry
+from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
+from minigpt4.datasets.datasets.hcmw_dataset import NO_FOLD, HCMWDataset
+
+
+@registry.register_builder("hcmw_caption")
+class HCMWBuilder(BaseDatasetBuilder):
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/hcmw/default.yaml"}
+    REQUIRED_PATHS = ("build_info.annotation", "build_info.image_root", "build_info.feature_root")
+    EVAL_TASK = "feature_dump"  # what eval_emotion.py does with this dataset
+
+    def build(self, split: str, fold: int | None = None) -> HCMWDataset:
+        """``train`` / ``eval`` rows of ``fold`` (default: the config's ``fold``), or ``all`` rows.
+
+        ``all`` ignores the config's ``fold``, which names the held-out fold of training runs.
+        """
+        if fold is None:
+            fold = NO_FOLD if split == "all" else self.config.fold
+        cfg, info = self.config, self.config.build_info
+        return HCMWDataset(
+            self.vis_processor(split),
+            info.annotation,
+            info.image_root,
+            info.feature_root,
+            facemae_dir=info.facemae_dir,
+            videomae_dir=info.videomae_dir,
+            audio_dir=info.audio_dir,
+            feature_dim=cfg.feature_dim,
+            instruction=cfg.instruction,
+            answers=dict(cfg.answers),
+            split=split,
+            fold=fold,
+            on_error=cfg.on_error,
+        )

@@ -1,0 +1,42 @@
+"""Builders of the MER-style emotion sets: ``feature_face_caption`` (MERR / MER2023) and
+``mer2024_caption``.  Both read the same layout; only their defaults differ."""
+
+from __future__ import annotations
+
+from minigpt4.common.registry import registry
+from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
+from minigpt4.datasets.datasets.mer_dataset import MERDataset
+
+
+class MERBuilder(BaseDatasetBuilder):
+    REQUIRED_PATHS = ("build_info.annotation", "build_info.video_root", "build_info.transcript")
+
+    def build(self, split: str, fold: int | None = None) -> MERDataset:
+        """Every clip of the annotation; ``split`` only picks the image processor."""
+        if fold not in (None, -1):
+            raise ValueError(f"{self.name} has no folds; got fold {fold}")
+        cfg, info = self.config, self.config.build_info
+        return MERDataset(
+            self.vis_processor(split),
+            info.annotation,
+            info.video_root,
+            info.transcript,
+            info.feature_root,
+            facemae_dir=info.facemae_dir,
+            videomae_dir=info.videomae_dir,
+            audio_dir=info.audio_dir,
+            feature_dim=cfg.feature_dim,
+            labels=list(cfg.labels),
+            question=cfg.question,
+            on_error=cfg.on_error,
+        )
+
+
+@registry.register_builder("feature_face_caption")
+class FeatureFaceBuilder(MERBuilder):
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/mer/feature_face_caption.yaml"}
+
+
+@registry.register_builder("mer2024_caption")
+class MER2024Builder(MERBuilder):
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/mer/mer2024.yaml"}

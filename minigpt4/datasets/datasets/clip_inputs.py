@@ -1,0 +1,60 @@
+"""Reading one clip's still image and feature vectors, with checks that say what is wrong.
+
+Datasets call these twice: once per clip while validating (so every problem is found before
+a run writes anything) and again when an item is fetched.  A problem is raised as
+:class:`UnusableFile`, whose message the dataset turns into a ``BadClip``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+NUMERIC_KINDS = "fiu"  # numpy dtype kinds a feature vector may hold: float, int, unsigned
+
+
+class UnusableFile(ValueError):
+    """A clip's file is missing or holds something that cannot be used; the message says what."""
+
+
+def check_image(path: Path) -> None:
+    """Raise :class:`UnusableFile` unless ``path`` is an image PIL can decode in full."""
+    if not path.is_file():
+        raise UnusableFile("missing image")
+    try:
+        # verify() checks the file's structure and checksums but leaves the image unusable,
+        # and does not catch truncated pixel data; a second open decodes every pixel.
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... depending on the damage
+        raise UnusableFile(f"unreadable image: {exc}") from exc
+
+
+def open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def read_vector(path: Path, dim: int) -> np.ndarray:
+    """The float32 vector (dim,) stored at ``path`` as (dim,) or (1, dim), all values finite."""
+    if not path.is_file():
+        raise UnusableFile("missing feature vector")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UnusableFile(f"not a readable .npy array: {exc}") from exc
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        raise UnusableFile("not a single .npy array")
+    if array.shape not in ((dim,), (1, dim)):
+        raise UnusableFile(f"vector of shape {array.shape}; expected ({dim},) or (1, {dim}) (feature_dim = {dim})")
+    if array.dtype.kind not in NUMERIC_KINDS:
+        raise UnusableFile(f"vector of dtype {array.dtype}; expected numbers")
+    vector = array.reshape(dim).astype(np.float32)
+    non_finite = int(np.count_nonzero(~np.isfinite(vector)))
+    if non_finite:
+        raise UnusableFile(f"{non_finite} NaN or inf value(s) in the vector")
+    return vector

@@ -1,0 +1,179 @@
+"""The mind-wandering clips (SPEC section 6): one CSV row per clip, k folds, two classes.
+
+Per clip: the peak frame ``<image_root>/<clip>/<clip>_peak_frame.png`` and the vectors
+``<feature_root>/<dir>/<clip>.npy`` for FaceMAE, VideoMAE and (optionally) audio.  The whole
+annotation is validated before a split is taken, so the train and eval splits of a fold see
+the same clean rows and the class weights count only clips that are used.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from minigpt4.datasets.datasets.base_dataset import SPLITS, ClipDataset, check_files, check_unique
+from minigpt4.datasets.datasets.clip_inputs import check_image, open_rgb, read_vector
+from minigpt4.datasets.errors import BadClip, DataError
+
+LABELS = ("MW", "NonMW")  # CSV codes, in the order candidate answers are listed
+REQUIRED_COLUMNS = ("uuid", "mw_label", "test_fold_num")
+NO_FOLD = -1
+
+
+@dataclass(frozen=True)
+class HCMWRow:
+    clip: str
+    label: str  # the CSV code; checked by validate(), not here
+    fold: int
+
+
+def read_annotation(path: Path) -> list[HCMWRow]:
+    """Every row of the CSV; a missing column or a non-integer fold stops here."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for column in REQUIRED_COLUMNS:
+            if column not in columns:
+                raise DataError(
+                    f"{path}: no column {column!r}; columns found: {', '.join(columns) or '(none)'}; "
+                    f"an hcmw annotation needs {', '.join(REQUIRED_COLUMNS)}"
+                )
+        rows = []
+        for record in reader:
+            clip = (record["uuid"] or "").strip().removesuffix(".mp4")
+            fold = (record["test_fold_num"] or "").strip()
+            if not clip:
+                raise DataError(f"{path} line {reader.line_num}: empty uuid")
+            try:
+                rows.append(HCMWRow(clip, (record["mw_label"] or "").strip(), int(fold)))
+            except ValueError:
+                raise DataError(
+                    f"{path} line {reader.line_num}: test_fold_num {fold!r} of clip {clip!r} is not an integer"
+                ) from None
+    check_unique([row.clip for row in rows], path)
+    return rows
+
+
+class HCMWDataset(ClipDataset):
+    """The rows of one split: ``train`` / ``eval`` of fold ``fold``, or ``all`` rows (fold -1).
+
+    Items: ``image`` [3, S, S], ``video_features`` float32 [3, D] (FaceMAE, VideoMAE, audio
+    or zeros when ``audio_dir`` is empty), ``instruction_input``, ``answer`` and ``label``
+    (the answer text of the clip's class), ``class_weight``, ``video_id`` = ``image_id`` =
+    the clip name.  ``class_weights`` maps each answer text to its weight, balanced over
+    the train rows of the fold (every row for ``all``).
+    """
+
+    def __init__(
+        self,
+        vis_processor: Callable,
+        annotation: str | Path,
+        image_root: str | Path,
+        feature_root: str | Path,
+        *,
+        facemae_dir: str,
+        videomae_dir: str,
+        audio_dir: str,
+        feature_dim: int,
+        instruction: str,
+        answers: Mapping[str, str],
+        split: str = "all",
+        fold: int = NO_FOLD,
+        on_error: str = "raise",
+    ):
+        super().__init__(vis_processor, annotation, on_error)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+        if (split == "all") != (fold == NO_FOLD):
+            raise ValueError(
+                f"split {split!r} with fold {fold}: 'all' takes every row (fold -1); "
+                "'train' and 'eval' need the test_fold_num of the held-out fold"
+            )
+        self.image_root = Path(image_root).expanduser()
+        feature_root = Path(feature_root).expanduser()
+        # an empty audio_dir means "no audio": the third row of video_features is zeros
+        self.vector_dirs = [feature_root / facemae_dir, feature_root / videomae_dir]
+        self.audio_dir = feature_root / audio_dir if audio_dir else None
+        self.feature_dim = feature_dim
+        self.instruction = instruction
+        self.answers = {code: answers[code] for code in LABELS}
+
+        self.rows = read_annotation(self.annotation)
+        self._drop_bad_rows()
+        train_rows, self.rows = self._split(split, fold)
+        self.class_weights = self._balanced_weights(train_rows, fold)
+
+    def _split(self, split: str, fold: int) -> tuple[list[HCMWRow], list[HCMWRow]]:
+        """(rows the class weights count, rows of this split)."""
+        if split == "all":
+            if not self.rows:
+                raise DataError(f"{self.annotation}: no usable clips")
+            return self.rows, self.rows
+        eval_rows = [row for row in self.rows if row.fold == fold]
+        train_rows = [row for row in self.rows if row.fold != fold]
+        if not eval_rows:
+            folds = sorted({row.fold for row in self.rows})
+            raise DataError(
+                f"{self.annotation}: fold {fold} has no eval rows (no usable row has test_fold_num {fold}); "
+                f"folds present: {', '.join(map(str, folds)) or '(none)'}"
+            )
+        return train_rows, train_rows if split == "train" else eval_rows
+
+    def _balanced_weights(self, rows: Sequence[HCMWRow], fold: int) -> dict[str, float]:
+        """total / (n_classes * count_c) per class, keyed by answer text."""
+        counts = Counter(row.label for row in rows)
+        if fold != NO_FOLD and len(counts) < len(LABELS):
+            raise DataError(
+                f"{self.annotation}: the train rows of fold {fold} hold only {', '.join(counts) or 'no'} clips; "
+                f"training needs every class ({', '.join(LABELS)})"
+            )
+        return {self.answers[code]: len(rows) / (len(counts) * n) for code, n in counts.items()}
+
+    def peak_frame(self, clip: str) -> Path:
+        return self.image_root / clip / f"{clip}_peak_frame.png"
+
+    def vector_files(self, clip: str) -> list[Path]:
+        dirs = self.vector_dirs + ([self.audio_dir] if self.audio_dir else [])
+        return [folder / f"{clip}.npy" for folder in dirs]
+
+    def check_row(self, row: HCMWRow) -> list[BadClip]:
+        bad = []
+        if row.label not in LABELS:
+            bad.append(BadClip(row.clip, str(self.annotation), f"unknown mw_label {row.label!r}; expected MW or NonMW"))
+        checks = [(self.peak_frame(row.clip), check_image)]
+        checks += [(path, partial(read_vector, dim=self.feature_dim)) for path in self.vector_files(row.clip)]
+        return bad + check_files(row.clip, checks)
+
+    @property
+    def labels(self) -> list[str]:
+        """The answer text of each clip's class, in row order."""
+        return [self.answers[row.label] for row in self.rows]
+
+    @property
+    def candidate_answers(self) -> list[str]:
+        """Every answer text, MW first: what validation scores each clip against."""
+        return list(self.answers.values())
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        vectors = [read_vector(path, self.feature_dim) for path in self.vector_files(row.clip)]
+        if self.audio_dir is None:
+            vectors.append(np.zeros(self.feature_dim, dtype=np.float32))
+        answer = self.answers[row.label]
+        return {
+            "image": self.vis_processor(open_rgb(self.peak_frame(row.clip))),
+            "video_features": torch.from_numpy(np.stack(vectors)),  # [3, D]
+            "instruction_input": self.instruction,
+            "answer": answer,
+            "label": answer,
+            "class_weight": self.class_weights[answer],
+            "video_id": row.clip,
+            "image_id": row.clip,
+        }

@@ -1,0 +1,157 @@
+"""MER-style emotion clips (MERR / MER2023 / MER2024, SPEC section 6).
+
+The annotation is a text file with one clip per line, ``<name> <n_frames> <emotion> ...``.
+Per clip: the first frame of ``<video_root>/<name>.mp4`` (or ``.avi``) is the image, three
+vectors ``<feature_root>/<dir>/<name>.npy`` (FaceMAE, VideoMAE, audio) are the feature
+streams, and the transcript CSV gives what the person says, quoted in the instruction.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from minigpt4.datasets.datasets.base_dataset import ClipDataset, check_files, check_unique
+from minigpt4.datasets.datasets.clip_inputs import read_vector
+from minigpt4.datasets.errors import BadClip, DataError
+from minigpt4.datasets.frames import ClipReadError, read_first_frame
+
+INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> {line}[emotion] {question} "
+TRANSCRIPT_LINE = "The person in video says: {sentence}. "
+SENTENCE_COLUMNS = ("sentence", "sentence_en")  # the first one the transcript has is used
+VIDEO_SUFFIXES = (".mp4", ".avi")  # tried in this order
+
+
+@dataclass(frozen=True)
+class MERRow:
+    clip: str
+    label: str  # the emotion as written; checked by validate(), not here
+
+
+def read_annotation(path: Path) -> list[MERRow]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 3:
+            raise DataError(f"{path} line {number}: expected '<name> <n_frames> <emotion> ...', got {line!r}")
+        rows.append(MERRow(fields[0], fields[2]))
+    check_unique([row.clip for row in rows], path)
+    return rows
+
+
+def read_transcript(path: Path) -> dict[str, str]:
+    """clip name -> what the person says."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        found = ", ".join(columns) or "(none)"
+        if "name" not in columns:
+            raise DataError(f"{path}: no column 'name'; columns found: {found}")
+        sentence = next((column for column in SENTENCE_COLUMNS if column in columns), None)
+        if sentence is None:
+            raise DataError(f"{path}: no column {' or '.join(map(repr, SENTENCE_COLUMNS))}; columns found: {found}")
+        return {(record["name"] or "").strip(): (record[sentence] or "").strip() for record in reader}
+
+
+class MERDataset(ClipDataset):
+    """Every clip of the annotation.
+
+    Items: ``image`` [3, S, S], ``video_features`` float32 [3, D] (FaceMAE, VideoMAE, audio),
+    ``instruction_input``, ``answer`` = ``label`` = the emotion, ``class_weight`` 1.0 (the
+    emotion sets are used unweighted, as upstream), ``video_id`` = ``image_id`` = the name.
+    """
+
+    def __init__(
+        self,
+        vis_processor: Callable,
+        annotation: str | Path,
+        video_root: str | Path,
+        transcript: str | Path,
+        feature_root: str | Path,
+        *,
+        facemae_dir: str,
+        videomae_dir: str,
+        audio_dir: str,
+        feature_dim: int,
+        labels: Sequence[str],
+        question: str,
+        on_error: str = "raise",
+    ):
+        super().__init__(vis_processor, annotation, on_error)
+        self.video_root = Path(video_root).expanduser()
+        self.transcript = Path(transcript).expanduser()
+        # feature folders sit beside the annotation unless a root is given
+        feature_root = Path(feature_root).expanduser() if feature_root else self.annotation.parent
+        self.vector_dirs = [feature_root / facemae_dir, feature_root / videomae_dir, feature_root / audio_dir]
+        self.feature_dim = feature_dim
+        self.label_set = list(labels)
+        self.question = question
+
+        self.sentences = read_transcript(self.transcript)
+        self.rows = read_annotation(self.annotation)
+        self._drop_bad_rows()
+        if not self.rows:
+            raise DataError(f"{self.annotation}: no usable clips")
+
+    def video_file(self, clip: str) -> Path | None:
+        """``<clip>.mp4``, else ``<clip>.avi``, else None."""
+        candidates = (self.video_root / f"{clip}{suffix}" for suffix in VIDEO_SUFFIXES)
+        return next((path for path in candidates if path.is_file()), None)
+
+    def vector_files(self, clip: str) -> list[Path]:
+        return [folder / f"{clip}.npy" for folder in self.vector_dirs]
+
+    def check_row(self, row: MERRow) -> list[BadClip]:
+        bad = []
+        if row.label not in self.label_set:
+            bad.append(
+                BadClip(row.clip, str(self.annotation), f"label {row.label!r} is not one of {' '.join(self.label_set)}")
+            )
+        if row.clip not in self.sentences:
+            bad.append(BadClip(row.clip, str(self.transcript), "no transcript line for this clip"))
+        video = self.video_file(row.clip)
+        if video is None:
+            names = " or ".join(f"{row.clip}{suffix}" for suffix in VIDEO_SUFFIXES)
+            bad.append(BadClip(row.clip, str(self.video_root / f"{row.clip}.mp4"), f"missing video (no {names})"))
+        else:
+            try:
+                read_first_frame(video)
+            except ClipReadError as exc:
+                bad.append(BadClip(row.clip, exc.path, f"unreadable first frame: {exc.problem}"))
+        checks = [(path, partial(read_vector, dim=self.feature_dim)) for path in self.vector_files(row.clip)]
+        return bad + check_files(row.clip, checks)
+
+    def instruction(self, clip: str) -> str:
+        line = TRANSCRIPT_LINE.format(sentence=self.sentences[clip])
+        return INSTRUCTION.format(line=line, question=self.question)
+
+    @property
+    def labels(self) -> list[str]:
+        """Each clip's emotion, in row order."""
+        return [row.label for row in self.rows]
+
+    @property
+    def candidate_answers(self) -> list[str]:
+        return list(self.label_set)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        vectors = [read_vector(path, self.feature_dim) for path in self.vector_files(row.clip)]
+        return {
+            "image": self.vis_processor(read_first_frame(self.video_file(row.clip))),
+            "video_features": torch.from_numpy(np.stack(vectors)),  # [3, D]
+            "instruction_input": self.instruction(row.clip),
+            "answer": row.label,
+            "label": row.label,
+            "class_weight": 1.0,
+            "video_id": row.clip,
+            "image_id": row.clip,
+        }

@@ -1,0 +1,229 @@
+"""The frames of one clip, wherever they are stored, and which of them an encoder sees.
+
+A clip is a folder of image frames (taken in name order), a ``.npy`` array [T, H, W, C] of
+uint8, or a video file decoded with decord.  :func:`open_clip_frames` checks what can be
+checked without decoding every frame (the frames exist, how many, their sizes) and returns a
+:class:`ClipFrames` whose ``read`` decodes only the frames asked for.  Every problem is a
+:class:`ClipReadError` that names the clip, the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+ARRAY_SUFFIX = ".npy"
+# the MER test sampling: 8 segments of 2 consecutive frames give VideoMAE its 16 frames
+MER_FRAMES_PER_SEGMENT = 2
+
+
+class ClipReadError(ValueError):
+    """A clip cannot be read; ``clip``, ``path`` and ``problem`` say which, where and why."""
+
+    def __init__(self, clip: str, path: str | os.PathLike, problem: str):
+        self.clip, self.path, self.problem = clip, str(path), problem
+        super().__init__(clip, self.path, problem)
+
+    def __str__(self) -> str:
+        return f"clip {self.clip!r} ({self.path}): {self.problem}"
+
+
+def clip_name(path: str | os.PathLike) -> str:
+    """The clip id an entry stands for: a folder's name, a file's name without its suffix."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
+def is_clip_entry(path: Path) -> bool:
+    """Whether ``path`` looks like a clip: a folder, a ``.npy`` array or a video file."""
+    return path.is_dir() or path.suffix.lower() in (ARRAY_SUFFIX, *VIDEO_SUFFIXES)
+
+
+class ClipFrames(ABC):
+    """The frames of one clip; ``read`` returns uint8 RGB [n, H, W, 3] for the given indices."""
+
+    def __init__(self, clip: str, path: Path):
+        self.clip, self.path = clip, path
+
+    @property
+    @abstractmethod
+    def num_frames(self) -> int: ...
+
+    @abstractmethod
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        """Decode sorted, distinct ``indices``."""
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_frames):
+            raise IndexError(f"clip {self.clip!r}: frame indices must lie in [0, {self.num_frames}), got {indices}")
+        # samplings repeat frames (VideoMAE on short clips); decode each one once
+        distinct, position = np.unique(indices, return_inverse=True)
+        return self._read_distinct(distinct)[position]
+
+    def error(self, problem: str, path: str | os.PathLike | None = None) -> ClipReadError:
+        return ClipReadError(self.clip, path or self.path, problem)
+
+
+class FrameFolder(ClipFrames):
+    """Image files in a folder, in name order; every frame must have the first frame's size."""
+
+    def __init__(self, clip: str, path: Path):
+        super().__init__(clip, path)
+        self.files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise self.error(f"the folder holds no image frames ({', '.join(IMAGE_SUFFIXES)})")
+        # headers only: sizes are known without decoding a pixel
+        self.size = self._image_size(self.files[0])
+        for file in self.files[1:]:
+            size = self._image_size(file)
+            if size != self.size:
+                raise self.error(
+                    f"frame is {size[0]}x{size[1]} but the first frame ({self.files[0].name}) is "
+                    f"{self.size[0]}x{self.size[1]}; all frames of a clip must have one size",
+                    file,
+                )
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.files)
+
+    def _image_size(self, file: Path) -> tuple[int, int]:
+        try:
+            with Image.open(file) as image:
+                return image.size
+        except (UnidentifiedImageError, OSError) as exc:
+            raise self.error(f"unreadable image: {exc}", file) from exc
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        frames = []
+        for index in indices:
+            file = self.files[index]
+            try:
+                with Image.open(file) as image:
+                    frame = np.asarray(image.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise self.error(f"unreadable image: {exc}", file) from exc
+            if frame.shape[1::-1] != self.size:
+                raise self.error(f"frame size changed while reading (now {frame.shape[1]}x{frame.shape[0]})", file)
+            frames.append(frame)
+        return np.stack(frames)
+
+
+class FrameArray(ClipFrames):
+    """A ``.npy`` array [T, H, W, 3] of uint8, memory-mapped so only read frames are loaded."""
+
+    def __init__(self, clip: str, path: Path):
+        super().__init__(clip, path)
+        try:
+            self.array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise self.error(f"not a readable .npy array: {exc}") from exc
+        if self.array.ndim != 4 or self.array.shape[-1] != 3 or self.array.dtype != np.uint8:
+            raise self.error(f"expected uint8 frames of shape (T, H, W, 3), got {self.array.dtype} {self.array.shape}")
+        if self.array.shape[0] == 0:
+            raise self.error("the array holds no frames")
+
+    @property
+    def num_frames(self) -> int:
+        return self.array.shape[0]
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.array[indices])
+
+
+class VideoFile(ClipFrames):
+    """A video decoded with decord, one thread: parallelism comes from the loader's workers."""
+
+    def __init__(self, clip: str, path: Path):
+        super().__init__(clip, path)
+        import decord  # here, not at the top: decord lacks wheels for some platforms (macOS arm64),
+        # and folder and array clips work without it
+
+        if path.stat().st_size == 0:
+            raise self.error("the video file is empty (0 bytes)")
+        try:
+            self.reader = decord.VideoReader(str(path), num_threads=1)
+        except (RuntimeError, decord.DECORDError) as exc:
+            raise self.error(f"unreadable video: {_first_line(exc)}") from exc
+        if len(self.reader) == 0:
+            raise self.error("the video has no frames")
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.reader)
+
+    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+        import decord
+
+        try:
+            return self.reader.get_batch(indices.tolist()).asnumpy()
+        except (RuntimeError, decord.DECORDError) as exc:
+            raise self.error(f"frames {indices.tolist()} cannot be decoded: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    # decord appends a C++ stack trace; the first line says what went wrong
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def open_clip_frames(path: str | os.PathLike, clip: str | None = None) -> ClipFrames:
+    """Open the clip at ``path`` (named ``clip``, by default :func:`clip_name`)."""
+    path = Path(path)
+    clip = clip or clip_name(path)
+    if not path.exists():
+        raise ClipReadError(clip, path, "no such file or folder")
+    if path.is_dir():
+        return FrameFolder(clip, path)
+    if path.suffix.lower() == ARRAY_SUFFIX:
+        return FrameArray(clip, path)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFile(clip, path)
+    raise ClipReadError(
+        clip,
+        path,
+        f"not a clip: expected a folder of frames, a {ARRAY_SUFFIX} array or a video ({', '.join(VIDEO_SUFFIXES)})",
+    )
+
+
+def read_first_frame(video_path: str | os.PathLike) -> Image.Image:
+    """The first frame of a clip (usually a video) as an RGB image, e.g. a clip's still image."""
+    return Image.fromarray(open_clip_frames(video_path).read([0])[0])
+
+
+def videomae_frame_indices(
+    num_frames: int, num_segments: int = 8, frames_per_segment: int = MER_FRAMES_PER_SEGMENT
+) -> list[int]:
+    """The MER test sampling for VideoMAE: ``num_segments`` x ``frames_per_segment`` indices.
+
+    With t = (T - frames_per_segment + 1) / num_segments, segment x starts at
+    o = int(t / 2 + t * x) and contributes o, o + 1, ... capped at T - 1.  Clips too short
+    for that (T <= num_segments + frames_per_segment - 1) start every segment at 0.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a clip needs at least one frame, got {num_frames}")
+    if num_frames > num_segments + frames_per_segment - 1:
+        tick = (num_frames - frames_per_segment + 1) / num_segments
+        offsets = [int(tick / 2 + tick * x) for x in range(num_segments)]
+    else:
+        offsets = [0] * num_segments
+    return [min(o + i, num_frames - 1) for o in offsets for i in range(frames_per_segment)]
+
+
+def uniform_frame_indices(num_frames: int, max_frames: int | None = None) -> list[int]:
+    """Every frame, or ``max_frames`` spread evenly: the middle frame of each of that many equal parts."""
+    if num_frames < 1:
+        raise ValueError(f"a clip needs at least one frame, got {num_frames}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    if max_frames is None or max_frames >= num_frames:
+        return list(range(num_frames))
+    # integer form of floor((i + 0.5) * T / n): exact, strictly increasing
+    return [(2 * i + 1) * num_frames // (2 * max_frames) for i in range(max_frames)]

@@ -1,0 +1,229 @@
+"""EVA-CLIP ViT-g/14, the image encoder of MiniGPT-v2, built on timm's EVA.
+
+MiniGPT-v2 feeds the language model every token of the last transformer block, so the
+encoder here is timm's ``Eva`` with its classifier parts switched off: no pooling, no final
+norm, no fc norm, no head.  Its parameter names are the names of the LAVIS ``eva_vit_g.pth``
+file, so loading that file needs no renaming, only the position table resized to the
+model's patch grid and the 40th block (which MiniGPT-v2 never runs) left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from functools import partial
+
+import torch
+from timm.layers import LayerNorm, resample_abs_pos_embed
+from timm.models.eva import Eva
+
+from minigpt4.common.checkpoint_io import (
+    CheckpointError,
+    LoadReport,
+    apply_state_dict,
+    load_checkpoint,
+    unwrap_state_dict,
+)
+from minigpt4.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+_BLOCK_NAME = re.compile(r"^blocks\.(\d+)\.")
+
+
+class EvaViT(Eva):
+    """timm's EVA configured as the EVA-CLIP image tower.
+
+    What timm's defaults already give and this relies on: exact GELU MLP of
+    ``int(width * mlp_ratio)`` hidden units, pre-norm blocks, a learned absolute position
+    table with an entry for the CLS token, and no rope, layer scale or SwiGLU.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            # one qkv matrix with learned q and v biases; timm keeps k's bias as a zero,
+            # non-persistent buffer, exactly EVA's "no k bias"
+            qkv_fused=True,
+            qkv_bias=True,
+            norm_layer=partial(LayerNorm, eps=1e-6),
+            drop_path_rate=drop_path_rate,
+            # an encoder, not a classifier: timm would otherwise add a final norm and a head
+            num_classes=0,
+            global_pool="",
+            use_fc_norm=False,
+            use_post_transformer_norm=False,
+        )
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Patches per column and row, for callers that size their projectors from it."""
+        return tuple(self.patch_embed.grid_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # [B, 3, img, img] -> [B, 1 + grid_h * grid_w, width], CLS first; the norms
+        # forward_features would apply are Identity in this configuration
+        return self.forward_features(images)
+
+
+def _block_beyond(name: str, depth: int) -> int | None:
+    """The block index in ``name`` when that block lies beyond ``depth``, else None."""
+    match = _BLOCK_NAME.match(name)
+    index = int(match.group(1)) if match else -1
+    return index if index >= depth else None
+
+
+def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a released [1, 1 + g*g, C] table to ``grid`` as LAVIS does, the CLS entry kept."""
+    patches = pos_embed.shape[1] - 1 if pos_embed.ndim == 3 else 0
+    side = math.isqrt(patches)
+    if side == 0 or side * side != patches:
+        return pos_embed  # not a square table: loading reports the shape mismatch
+    return resample_abs_pos_embed(
+        pos_embed,
+        new_size=list(grid),
+        old_size=[side, side],
+        num_prefix_tokens=1,
+        interpolation="bicubic",
+        antialias=False,  # plain F.interpolate(align_corners=False), as the released model was run
+    )
+
+
+def eva_checkpoint_filter(
+    state_dict: dict[str, torch.Tensor], model: EvaViT
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Turn a LAVIS ``eva_vit_g.pth`` state dict into ``model``'s tensors.
+
+    Returns the tensors in the model's names and the names of everything the model has no
+    place for (blocks beyond its depth, anything foreign), so the caller decides what is
+    an error.  Shapes are not checked here; loading reports wrong ones.
+    """
+    own = model.state_dict()
+    tensors, unused = {}, []
+    for name, tensor in state_dict.items():
+        if name not in own:
+            unused.append(name)
+        elif name == "pos_embed":
+            tensors[name] = _resize_pos_embed(tensor, model.patch_grid)
+        else:
+            # timm's names are LAVIS's, ``attn.q_bias`` and ``attn.v_bias`` included
+            tensors[name] = tensor
+    return tensors, unused
+
+
+def load_eva_checkpoint(
+    model: EvaViT,
+    path: str | os.PathLike,
+    trust_checkpoint: bool = False,
+    strict: bool = True,
+) -> LoadReport:
+    """Load a released EVA ViT file into ``model``; every model tensor must be in it.
+
+    Blocks beyond the model's depth (the released file's 40th) are expected: they are
+    reported, not loaded.  Any other tensor the model cannot use is an error under
+    ``strict`` and a warning otherwise.
+    """
+    what = f"EVA ViT checkpoint {path}"
+    state_dict = unwrap_state_dict(load_checkpoint(path, "EVA ViT checkpoint", trust_checkpoint), what)
+    tensors, unused = eva_checkpoint_filter(state_dict, model)
+    depth = len(model.blocks)
+    dropped_blocks = sorted({i for i in (_block_beyond(name, depth) for name in unused) if i is not None})
+    foreign = [name for name in unused if _block_beyond(name, depth) is None]
+    if foreign and strict:
+        raise CheckpointError(
+            f"{what}: tensors the encoder has no place for: {', '.join(foreign)}. "
+            "Is this an EVA-CLIP ViT file? Load with strict=False to skip them."
+        )
+    report = apply_state_dict(model, tensors, what)
+    report.unexpected.extend(unused)  # the filter kept them out of apply_state_dict
+    logger.info("%s: %s", what, report.describe())
+    if dropped_blocks:
+        logger.info(
+            "%s: blocks %s lie beyond the encoder's %d blocks and are not used", what, dropped_blocks, depth
+        )
+    if foreign:
+        logger.warning("%s: skipped tensors the encoder has no place for: %s", what, ", ".join(foreign))
+    return report
+
+
+def build_eva_vit(
+    *,
+    img_size: int,
+    patch_size: int,
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+    drop_path_rate: float = 0.0,
+    use_grad_checkpoint: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> EvaViT:
+    """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
+    model = EvaViT(img_size, patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate)
+    model.set_grad_checkpointing(use_grad_checkpoint)
+    if checkpoint is not None:
+        load_eva_checkpoint(model, checkpoint, trust_checkpoint)
+    return model
+
+
+@registry.register_encoder("eva_clip_g")
+def eva_clip_g(
+    img_size: int = 448,
+    drop_path_rate: float = 0.0,
+    use_grad_checkpoint: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> EvaViT:
+    """EVA-CLIP ViT-g/14 as MiniGPT-v2 runs it: 39 of the released 40 blocks."""
+    return build_eva_vit(
+        img_size=img_size,
+        patch_size=14,
+        width=1408,
+        depth=39,
+        num_heads=16,
+        mlp_ratio=4.3637,  # LAVIS's value: int(1408 * 4.3637) = 6144 hidden units
+        drop_path_rate=drop_path_rate,
+        use_grad_checkpoint=use_grad_checkpoint,
+        checkpoint=checkpoint,
+        trust_checkpoint=trust_checkpoint,
+    )
+
+
+@registry.register_encoder("eva_clip_tiny")
+def eva_clip_tiny(
+    img_size: int = 224,
+    drop_path_rate: float = 0.0,
+    use_grad_checkpoint: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> EvaViT:
+    """A few-kilobyte stand-in with the same layout, for tests and the demo assets."""
+    return build_eva_vit(
+        img_size=img_size,
+        patch_size=14,
+        width=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,  # 64 hidden units
+        drop_path_rate=drop_path_rate,
+        use_grad_checkpoint=use_grad_checkpoint,
+        checkpoint=checkpoint,
+        trust_checkpoint=trust_checkpoint,
+    )

@@ -1,0 +1,587 @@
+"""Generate tiny, deterministic stand-ins for every real input of the project.
+
+    python scripts/make_tiny_assets.py OUT_DIR [--seed N]
+
+Writes, only under OUT_DIR:
+
+- ``llama/``: a Hugging Face LLaMA folder (SentencePiece BPE tokenizer trained on the
+  project's own prompt texts + random tiny weights); ``tokenizer/`` holds its tokenizer only;
+- ``weights/``: EVA ViT-g, MAE-Face and VideoMAE checkpoints in the released file layouts
+  (names and nesting as the real files, tiny shapes, random values);
+- ``hcmw/``: a mind-wandering dataset (annotation CSV, videos, face frames, peak frames,
+  FaceMAE/VideoMAE vectors) whose drawn faces depend on the label;
+- ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors).
+
+With the same seed and library versions, every file is byte-identical from run to run
+(videos included: the encoder and muxer run single-threaded in bit-exact mode). The
+tokenizer depends on the prompt texts only, not on the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import av
+import numpy as np
+import sentencepiece as spm
+import torch
+from PIL import Image
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+# --------------------------------------------------------------------------- prompt texts
+
+HCMW_INSTRUCTION = (
+    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
+    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
+)
+HCMW_ANSWERS = {"MW": "mind wandering", "NonMW": "non-mind wandering"}
+HCMW_LABELS = tuple(HCMW_ANSWERS)
+EMOTIONS = ("neutral", "angry", "happy", "sad", "worried", "surprise", "fear", "contempt", "doubt")
+EMOTION_QUESTIONS = (
+    "Please determine which emotion label in the video represents: "
+    "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.",
+    "Identify the displayed emotion in the video: is it happy, sad, neutral, angry, worried, "
+    "surprise, fear, contempt or doubt?",
+    "Determine the emotional state shown in the video, choosing from happy, sad, neutral, "
+    "angry, worried, surprise, fear, contempt or doubt.",
+)
+MER_INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> {line}[emotion] {question} "
+MER_TRANSCRIPT_LINE = "The person in video says: {sentence}. "
+CHAT_TEMPLATE = "[INST] {} [/INST]"
+CONVERSATION_TEMPLATE = "<s>[INST] {} [/INST]"
+TRANSCRIPT_SENTENCES = (
+    "I did not expect that at all",
+    "This is the best day of my life",
+    "Please leave me alone",
+    "I am not sure this is right",
+    "Why would you do that to me",
+    "Everything is fine I think",
+    "We lost the game again today",
+    "Look at what you have done",
+    "I am worried about the exam",
+    "That noise scared me",
+    "Maybe we should wait and see",
+    "You really think that is clever",
+)
+
+# --------------------------------------------------------------------------- sizes
+
+TOKENIZER_VOCAB_SIZE = 400  # > 259 = 3 specials + 256 byte-fallback pieces
+PAD_PIECE = "$$"  # the pad token the model uses; a learned piece, as in LLaMA-2's vocabulary
+LLAMA_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-6,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=None,
+    tie_word_embeddings=False,
+    torch_dtype="float32",
+)
+INIT_STD = 0.02
+LM_HEAD_SCALE = 15.0
+FEATURE_DIM = 64  # width of the tiny FaceMAE / VideoMAE encoders
+
+FRAME_SIZE = 96
+VIDEO_FPS = 25
+VIDEO_BIT_RATE = 4_000_000
+HCMW_FRAMES = 32
+HCMW_FOLDS = 3
+HCMW_CLIPS_PER_LABEL_PER_FOLD = 4
+MER_CLIPS = 12
+MER_FRAMES = 16
+MER_AVI_CLIPS = (3, 8)  # clip indices written as .avi instead of .mp4
+
+# Independent random streams, one per part, so a change in one part leaves the others alone.
+PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer")
+
+
+# =========================================================================== tokenizer
+
+
+def tokenizer_training_text() -> list[str]:
+    """The project's prompt texts (plain and in the chat templates), the answers and the labels.
+
+    The weights make BPE learn whole pieces for the hcmw prompt, its answers, the emotion
+    words and the pad piece ``$$`` (a learned piece, not a special token, as in LLaMA-2).
+    """
+    hcmw = [
+        HCMW_INSTRUCTION,
+        CHAT_TEMPLATE.format(HCMW_INSTRUCTION),
+        CONVERSATION_TEMPLATE.format(HCMW_INSTRUCTION),
+        *HCMW_ANSWERS.values(),
+    ]
+    mer = [
+        MER_INSTRUCTION.format(line=MER_TRANSCRIPT_LINE.format(sentence=sentence), question=question)
+        for sentence in TRANSCRIPT_SENTENCES
+        for question in EMOTION_QUESTIONS
+    ]
+    words = [" ".join(EMOTIONS), PAD_PIECE.join(EMOTIONS)]
+    return hcmw * 20 + mer + [CHAT_TEMPLATE.format(text) for text in mer] + words * 40
+
+
+def train_tokenizer() -> spm.SentencePieceProcessor:
+    """A SentencePiece BPE model with LLaMA-2's settings, trained in memory."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tokenizer_training_text()),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
+    tokenizer = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    if tokenizer.piece_to_id(PAD_PIECE) == tokenizer.unk_id():
+        raise RuntimeError(f"the trained tokenizer has no {PAD_PIECE!r} piece; add it to the training text")
+    return tokenizer
+
+
+def write_tokenizer_files(folder: Path, model_proto: bytes) -> None:
+    """``tokenizer.model`` + configs that make ``AutoTokenizer`` a LLaMA-2 (legacy) tokenizer.
+
+    No ``tokenizer.json``: transformers builds the fast tokenizer from ``tokenizer.model``, and
+    its ``LlamaTokenizer`` rebuilds normalizer and pre-tokenizer itself even when one is present.
+    ``legacy`` keeps upstream's reading of ``<s>`` / ``</s>`` written in the text: the special
+    id, then the next piece with its own "▁" prefix.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model_proto)
+    special_tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": LLAMA_CONFIG["max_position_embeddings"],
+        **special_tokens,
+    }
+    _write_json(folder / "tokenizer_config.json", tokenizer_config)
+    _write_json(folder / "special_tokens_map.json", special_tokens)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+# =========================================================================== LLaMA
+
+
+def write_tiny_llama(folder: Path, vocab_size: int, seed: int) -> None:
+    """A random ``LlamaForCausalLM`` at tiny size, saved as safetensors."""
+    config = LlamaConfig(vocab_size=vocab_size, **LLAMA_CONFIG)
+    with torch.random.fork_rng(devices=[]):  # the model's init draws from the global generator
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    # A trained LM head is far from its 0.02 init: with hidden 64 such logits stay within about
+    # +-1.3 and no prediction can ever be confident, so the frozen tiny LLM could not learn
+    # the demo answers through LoRA.  Scale it to the confident range of a trained model.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    with _transformers_progress_bars_off():
+        model.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def _transformers_progress_bars_off():
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+# =========================================================================== checkpoints
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+def random_state_dict(shapes: Shapes, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Float32 tensors ~ N(0, INIT_STD^2); norm weights ~ 1 + N(0, INIT_STD^2).
+
+    Biases and norm parameters are random too (not zeros / ones), so a loader that drops or
+    misplaces one of them changes the model's output and is caught.
+    """
+    state_dict = {}
+    for name, shape in shapes.items():
+        tensor = INIT_STD * torch.randn(shape, generator=generator)
+        if name.endswith(".weight") and "norm" in name.split(".")[-2]:  # norm1, fc_norm, decoder_norm, ...
+            tensor += 1.0
+        state_dict[name] = tensor
+    return state_dict
+
+
+def vit_block_shapes(prefix: str, width: int, mlp_hidden: int, fused_qkv_bias: bool) -> Shapes:
+    """One pre-norm ViT block; the qkv bias is fused (timm) or a learned q and v bias (EVA, VideoMAE)."""
+    if fused_qkv_bias:
+        qkv_bias = {"attn.qkv.bias": (3 * width,)}
+    else:
+        qkv_bias = {"attn.q_bias": (width,), "attn.v_bias": (width,)}
+    shapes = {
+        "norm1.weight": (width,),
+        "norm1.bias": (width,),
+        "attn.qkv.weight": (3 * width, width),
+        **qkv_bias,
+        "attn.proj.weight": (width, width),
+        "attn.proj.bias": (width,),
+        "norm2.weight": (width,),
+        "norm2.bias": (width,),
+        "mlp.fc1.weight": (mlp_hidden, width),
+        "mlp.fc1.bias": (mlp_hidden,),
+        "mlp.fc2.weight": (width, mlp_hidden),
+        "mlp.fc2.bias": (width,),
+    }
+    return {f"{prefix}{name}": shape for name, shape in shapes.items()}
+
+
+def eva_vit_shapes(width=32, depth=3, mlp_hidden=64, patch=14, grid=8) -> Shapes:
+    """LAVIS ``eva_vit_g.pth`` layout (raw state dict, no final norm)."""
+    shapes = {
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, grid * grid + 1, width),
+        "patch_embed.proj.weight": (width, 3, patch, patch),
+        "patch_embed.proj.bias": (width,),
+    }
+    for i in range(depth):
+        shapes |= vit_block_shapes(f"blocks.{i}.", width, mlp_hidden, fused_qkv_bias=False)
+    return shapes
+
+
+def face_mae_shapes(width=64, depth=2, mlp_hidden=256, patch=16, grid=4) -> Shapes:
+    """MAE-Face (``mae_checkpoint-340.pth``) layout: timm ViT names plus MAE decoder entries to ignore."""
+    decoder_width = width // 2
+    shapes = {
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, grid * grid + 1, width),
+        "patch_embed.proj.weight": (width, 3, patch, patch),
+        "patch_embed.proj.bias": (width,),
+    }
+    for i in range(depth):
+        shapes |= vit_block_shapes(f"blocks.{i}.", width, mlp_hidden, fused_qkv_bias=True)
+    shapes |= {
+        "norm.weight": (width,),
+        "norm.bias": (width,),
+        "fc_norm.weight": (width,),
+        "fc_norm.bias": (width,),
+        "mask_token": (1, 1, decoder_width),
+        "decoder_embed.weight": (decoder_width, width),
+        "decoder_embed.bias": (decoder_width,),
+        "decoder_pos_embed": (1, grid * grid + 1, decoder_width),
+        "decoder_blocks.0.norm1.weight": (decoder_width,),
+        "decoder_blocks.0.norm1.bias": (decoder_width,),
+        "decoder_norm.weight": (decoder_width,),
+        "decoder_norm.bias": (decoder_width,),
+        "decoder_pred.weight": (patch * patch * 3, decoder_width),
+        "decoder_pred.bias": (patch * patch * 3,),
+    }
+    return shapes
+
+
+def video_mae_shapes(width=64, depth=2, mlp_hidden=256, patch=16, tubelet=2) -> Shapes:
+    """VideoMAE (``maeVideo_ckp199.pth``) layout under ``encoder.``; no position table (fixed sine-cosine)."""
+    decoder_width = width // 2
+    shapes = {
+        "encoder.patch_embed.proj.weight": (width, 3, tubelet, patch, patch),
+        "encoder.patch_embed.proj.bias": (width,),
+    }
+    for i in range(depth):
+        shapes |= vit_block_shapes(f"encoder.blocks.{i}.", width, mlp_hidden, fused_qkv_bias=False)
+    shapes |= {
+        "encoder.fc_norm.weight": (width,),
+        "encoder.fc_norm.bias": (width,),
+        "decoder.blocks.0.norm1.weight": (decoder_width,),
+        "encoder_to_decoder.weight": (decoder_width, width),
+        "mask_token": (1, 1, decoder_width),
+    }
+    return shapes
+
+
+def write_checkpoints(folder: Path, seeds: dict[str, int]) -> dict[str, Path]:
+    """The three encoder checkpoints, as ``<part>_ckpt`` paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    layouts = {  # part: (file name, shapes, nested under "model" as in the released file)
+        "eva": ("eva_vit_tiny.pth", eva_vit_shapes(), False),
+        "face_mae": ("mae_face_tiny.pth", face_mae_shapes(), True),
+        "video_mae": ("video_mae_tiny.pth", video_mae_shapes(), True),
+    }
+    paths = {}
+    for part, (file_name, shapes, nested) in layouts.items():
+        state_dict = random_state_dict(shapes, torch.Generator().manual_seed(seeds[part]))
+        paths[f"{part}_ckpt"] = folder / file_name
+        torch.save({"model": state_dict} if nested else state_dict, paths[f"{part}_ckpt"])
+    return paths
+
+
+# =========================================================================== drawn faces
+
+
+@dataclass(frozen=True)
+class Face:
+    """What a drawn face looks like: an RGB skin colour and expression amounts (0 = neutral, about -1..1)."""
+
+    skin: tuple[float, float, float]
+    eyes_open: bool = True
+    gaze: float = 0.0  # pupils to the right (> 0) or left (< 0)
+    mouth_open: float = 0.0  # 0 = a line, 1 = wide open
+    mouth_curve: float = 0.0  # > 0 smile, < 0 frown
+    mouth_tilt: float = 0.0  # one corner up (contempt, doubt)
+    brow_raise: float = 0.0
+    brow_tilt: float = 0.0  # > 0 inner ends down (anger), < 0 inner ends up (sadness)
+
+
+WARM_SKIN = (228.0, 178.0, 138.0)
+COOL_SKIN = (150.0, 172.0, 212.0)
+NEUTRAL_SKIN = (214.0, 180.0, 150.0)
+DARK = np.array([40.0, 28.0, 30.0])
+EYE_WHITE = np.array([245.0, 245.0, 240.0])
+PUPIL = np.array([25.0, 25.0, 60.0])
+MOUTH_INSIDE = np.array([120.0, 30.0, 40.0])
+
+EMOTION_FACES = {
+    "neutral": Face(NEUTRAL_SKIN),
+    "angry": Face(NEUTRAL_SKIN, mouth_curve=-0.6, brow_raise=-0.5, brow_tilt=0.9),
+    "happy": Face(NEUTRAL_SKIN, mouth_curve=1.0, mouth_open=0.3, brow_raise=0.2),
+    "sad": Face(NEUTRAL_SKIN, mouth_curve=-1.0, brow_raise=0.3, brow_tilt=-0.9),
+    "worried": Face(NEUTRAL_SKIN, mouth_curve=-0.4, mouth_open=0.2, brow_raise=0.6, brow_tilt=-0.7),
+    "surprise": Face(NEUTRAL_SKIN, mouth_open=1.0, brow_raise=1.0),
+    "fear": Face(NEUTRAL_SKIN, mouth_curve=-0.3, mouth_open=0.7, brow_raise=0.8, brow_tilt=-0.5),
+    "contempt": Face(NEUTRAL_SKIN, mouth_tilt=0.5, brow_raise=-0.2),
+    "doubt": Face(NEUTRAL_SKIN, gaze=0.5, mouth_tilt=-0.4, brow_tilt=0.4),
+}
+
+
+def hcmw_face(label: str, rng: np.random.Generator) -> Face:
+    """NonMW: open eyes looking ahead, warm skin, open mouth. MW: closed or averted eyes, cool skin, flat mouth."""
+    if label == "NonMW":
+        return Face(WARM_SKIN, mouth_open=0.6, brow_raise=0.3)
+    if rng.random() < 0.5:
+        return Face(COOL_SKIN, eyes_open=False)
+    return Face(COOL_SKIN, gaze=float(rng.choice([-0.7, 0.7])))
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx) -> np.ndarray:
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _curve(yy, xx, cy, cx, half_width, thickness, curve=0.0, tilt=0.0) -> np.ndarray:
+    """A stroke along y = cy + half_width * (tilt * u - 0.4 * curve * u^2), u = (x - cx) / half_width, |u| <= 1."""
+    u = (xx - cx) / half_width
+    centre_y = cy + half_width * (tilt * u - 0.4 * curve * u**2)
+    return (np.abs(u) <= 1.0) & (np.abs(yy - centre_y) <= thickness / 2)
+
+
+def draw_face(face: Face, size: int, background: np.ndarray, cy: float, cx: float, radius: float) -> np.ndarray:
+    """A float (size, size, 3) image of ``face`` centred at (cy, cx) on a plain ``background`` colour."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    image = np.broadcast_to(background, (size, size, 3)).copy()
+    image[_ellipse(yy, xx, cy, cx, 1.15 * radius, radius)] = face.skin
+    stroke = max(1.5, 0.07 * radius)
+    for side in (-1, 1):  # left, right
+        eye_x, eye_y = cx + side * 0.4 * radius, cy - 0.2 * radius
+        if face.eyes_open:
+            image[_ellipse(yy, xx, eye_y, eye_x, 0.14 * radius, 0.22 * radius)] = EYE_WHITE
+            pupil_x = eye_x + face.gaze * 0.12 * radius
+            image[_ellipse(yy, xx, eye_y, pupil_x, 0.09 * radius, 0.09 * radius)] = PUPIL
+        else:
+            image[_curve(yy, xx, eye_y, eye_x, 0.22 * radius, stroke, curve=-0.5)] = DARK
+        brow_y = eye_y - (0.3 + 0.12 * face.brow_raise) * radius
+        brow_tilt = -side * 0.3 * face.brow_tilt  # inner end is towards the centre line
+        image[_curve(yy, xx, brow_y, eye_x, 0.25 * radius, stroke, tilt=brow_tilt)] = DARK
+    mouth_y, mouth_half_width = cy + 0.5 * radius, 0.32 * radius
+    if face.mouth_open > 0:
+        mouth = _ellipse(yy, xx, mouth_y, cx, max(stroke, 0.2 * face.mouth_open * radius), mouth_half_width)
+        image[mouth] = MOUTH_INSIDE
+    mouth_line = _curve(
+        yy, xx, mouth_y, cx, mouth_half_width, stroke, curve=face.mouth_curve, tilt=0.3 * face.mouth_tilt
+    )
+    image[mouth_line] = DARK
+    return image
+
+
+def render_clip(face: Face, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames: per-clip placement, size and background, small head motion, mild noise."""
+    background = rng.uniform(20, 235, size=3)
+    centre = FRAME_SIZE / 2 + rng.uniform(-6, 6, size=2)
+    radius = rng.uniform(0.30, 0.38) * FRAME_SIZE
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    frames = np.empty((n_frames, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+    for t in range(n_frames):
+        sway = 2.5 * np.sin(2 * np.pi * t / n_frames + phase)  # (dy, dx) in pixels
+        image = draw_face(face, FRAME_SIZE, background, *(centre + sway), radius)
+        image += rng.normal(0.0, 3.0, size=image.shape)
+        frames[t] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return frames
+
+
+# =========================================================================== media writers
+
+
+def write_video(path: Path, frames: np.ndarray) -> None:
+    """MPEG-4 part 2, yuv420p, single-threaded and bit-exact so the bytes are reproducible.
+
+    The container (mp4 or avi) follows the file suffix.
+    """
+    with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("mpeg4", rate=VIDEO_FPS, options={"flags": "+bitexact"})
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = VIDEO_BIT_RATE
+        stream.codec_context.thread_count = 1
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())  # flush
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def write_vector(path: Path, vector: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, vector.astype(np.float32))
+
+
+def write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def class_means(names, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One random mean feature vector per class, so feature vectors carry the label."""
+    return {name: rng.normal(0.0, 1.0, FEATURE_DIM) for name in names}
+
+
+# =========================================================================== hcmw dataset
+
+
+def make_hcmw(root: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """Synthetic mind-wandering clips, balanced within each fold, in the SPEC section 6 layout."""
+    paths = {
+        "hcmw_root": root,
+        "hcmw_csv": root / "annotations.csv",
+        "hcmw_video_root": root / "videos",
+        "hcmw_frames_root": root / "frames",
+        "hcmw_image_root": root / "images",
+        "hcmw_feature_root": root / "features",
+    }
+    paths["hcmw_video_root"].mkdir(parents=True, exist_ok=True)
+    means = {folder: class_means(HCMW_LABELS, rng) for folder in ("mae_340_UTT", "maeV_199_UTT")}
+    rows = []
+    for fold in range(HCMW_FOLDS):
+        labels = list(HCMW_LABELS) * HCMW_CLIPS_PER_LABEL_PER_FOLD
+        rng.shuffle(labels)
+        for label in labels:
+            clip = f"clip_{len(rows):03d}"
+            write_hcmw_clip(paths, clip, label, means, rng)
+            rows.append((f"{clip}.mp4", label, fold))  # the real annotations keep the suffix
+    write_csv(paths["hcmw_csv"], ["uuid", "mw_label", "test_fold_num"], rows)
+    return paths
+
+
+def write_hcmw_clip(paths: dict[str, Path], clip: str, label: str, means: dict, rng: np.random.Generator) -> None:
+    """The video, its frames as PNGs, the peak (middle) frame and the two feature vectors of a clip."""
+    frames = render_clip(hcmw_face(label, rng), HCMW_FRAMES, rng)
+    write_video(paths["hcmw_video_root"] / f"{clip}.mp4", frames)
+    for t, image in enumerate(frames):
+        write_png(paths["hcmw_frames_root"] / clip / f"{clip}_{t:04d}.png", image)
+    write_png(paths["hcmw_image_root"] / clip / f"{clip}_peak_frame.png", frames[HCMW_FRAMES // 2])
+    face_vector = means["mae_340_UTT"][label] + rng.normal(0.0, 0.5, FEATURE_DIM)
+    video_vector = means["maeV_199_UTT"][label] + rng.normal(0.0, 0.5, FEATURE_DIM)
+    write_vector(paths["hcmw_feature_root"] / "mae_340_UTT" / f"{clip}.npy", face_vector)  # (D,)
+    write_vector(paths["hcmw_feature_root"] / "maeV_199_UTT" / f"{clip}.npy", video_vector[None])  # (1, D)
+
+
+# =========================================================================== MER dataset
+
+
+def make_mer(root: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """A MER-format emotion set: annotation, transcript, mp4/avi videos and three feature folders."""
+    paths = {
+        "mer_root": root,
+        "mer_annotation": root / "annotation.txt",
+        "mer_transcript": root / "transcription.csv",
+        "mer_video_root": root / "videos",
+    }
+    paths["mer_video_root"].mkdir(parents=True, exist_ok=True)
+    feature_dirs = ("mae_340_UTT", "maeV_399_UTT", "HL-UTT")
+    means = {folder: class_means(EMOTIONS, rng) for folder in feature_dirs}
+    emotions = [EMOTIONS[i % len(EMOTIONS)] for i in rng.permutation(MER_CLIPS)]  # every emotion appears
+    annotation, transcript = [], []
+    for i, emotion in enumerate(emotions):
+        name = f"sample_{i:08d}"
+        suffix = ".avi" if i in MER_AVI_CLIPS else ".mp4"
+        face = replace(EMOTION_FACES[emotion], skin=tuple(np.add(NEUTRAL_SKIN, rng.uniform(-20, 20, 3))))
+        write_video(paths["mer_video_root"] / f"{name}{suffix}", render_clip(face, MER_FRAMES, rng))
+        for folder in feature_dirs:
+            write_vector(root / folder / f"{name}.npy", means[folder][emotion] + rng.normal(0, 0.5, FEATURE_DIM))
+        annotation.append(f"{name} {MER_FRAMES} {emotion}\n")
+        transcript.append((name, TRANSCRIPT_SENTENCES[rng.integers(len(TRANSCRIPT_SENTENCES))]))
+    paths["mer_annotation"].write_text("".join(annotation), encoding="utf-8")
+    write_csv(paths["mer_transcript"], ["name", "sentence"], transcript)
+    return paths
+
+
+# =========================================================================== entry points
+
+
+def part_seeds(seed: int) -> dict[str, int]:
+    """An independent 32-bit seed per part, derived from the run's seed."""
+    children = np.random.SeedSequence(seed).spawn(len(PARTS))
+    return {part: int(child.generate_state(1)[0]) for part, child in zip(PARTS, children)}
+
+
+def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Write every tiny asset under ``out_dir``; returns the main paths by name."""
+    out_dir = Path(out_dir)
+    seeds = part_seeds(seed)
+    paths = {"llama_dir": out_dir / "llama", "tokenizer_dir": out_dir / "tokenizer"}
+    tokenizer = train_tokenizer()
+    for folder in (paths["llama_dir"], paths["tokenizer_dir"]):
+        write_tokenizer_files(folder, tokenizer.serialized_model_proto())
+    write_tiny_llama(paths["llama_dir"], tokenizer.vocab_size(), seeds["llama"])
+    paths |= write_checkpoints(out_dir / "weights", seeds)
+    paths |= make_hcmw(out_dir / "hcmw", np.random.default_rng(seeds["hcmw"]))
+    paths |= make_mer(out_dir / "mer", np.random.default_rng(seeds["mer"]))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="folder to write the assets into (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    make_tiny_assets(args.out_dir, args.seed)
+    print(f"tiny assets (seed {args.seed}) written under {args.out_dir} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

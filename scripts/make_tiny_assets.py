@@ -425,7 +425,8 @@ def draw_face(face: Face, size: int, background: np.ndarray, cy: float, cx: floa
 
 def render_clip(face: Face, n_frames: int, rng: np.random.Generator) -> np.ndarray:
     """(T, H, W, 3) uint8 frames: per-clip placement, size and background, small head motion, mild noise."""
-    background = rng.uniform(20, 235, size=3)
+    # A greyish background: varied enough to be a nuisance, never louder than the face itself.
+    background = rng.uniform(90, 150) + rng.uniform(-15, 15, size=3)
     centre = FRAME_SIZE / 2 + rng.uniform(-6, 6, size=2)
     radius = rng.uniform(0.30, 0.38) * FRAME_SIZE
     phase = rng.uniform(0, 2 * np.pi, size=2)

@@ -64,6 +64,10 @@ def load_checkpoint(
     try:
         return torch.load(local, map_location=map_location, weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as exc:
+        # weights_only refuses a class it would have to import ("Unsupported global"); any
+        # other unpickling failure means the bytes are not a checkpoint at all.
+        if "global" not in str(exc).lower():
+            raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc
         raise CheckpointError(
             f"{what}: {local} holds objects that cannot be read safely (weights_only=True). "
             f"If you trust this file, set trust_checkpoint: true in the config. Detail: {exc}"

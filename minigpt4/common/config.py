@@ -168,6 +168,7 @@ class Config:
 
         model_cls = registry.get("model", resolved["model"]["arch"])
         self._check_paths(resolved["model"], getattr(model_cls, "REQUIRED_PATHS", ()), "model")
+        self._check_paths(resolved["model"], getattr(model_cls, "OPTIONAL_PATHS", ()), "model", required=False)
         for section in ("datasets", "evaluation_datasets"):
             for name, values in (resolved.get(section) or {}).items():
                 builder = registry.get("builder", name)
@@ -184,12 +185,15 @@ class Config:
                     _lookup("processor", proc["name"], f"{section}.{name}.text_processor.{split}.name")
 
     @staticmethod
-    def _check_paths(values: dict, required: Iterable[str], prefix: str) -> None:
-        for dotted in required:
+    def _check_paths(values: dict, keys: Iterable[str], prefix: str, required: bool = True) -> None:
+        """Each path must exist; an empty optional one is allowed (it means "none")."""
+        for dotted in keys:
             node: Any = values
             for part in dotted.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             key = f"{prefix}.{dotted}"
+            if not node and not required:
+                continue
             if not node:
                 raise ConfigError(f"{key}: required path is not set; set it in your config or with --options {key}=PATH")
             if not str(node).startswith(("http://", "https://")) and not Path(str(node)).expanduser().exists():

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from minigpt4.common.checkpoint_io import is_url
 from minigpt4.common.registry import registry
 from minigpt4.models.llama_tokenizer import LlamaTokenizer
 
@@ -130,6 +131,8 @@ def load_vision_encoder(
     factory = registry.get("encoder", name)
     if not checkpoint:
         logger.warning("model.vit_checkpoint is empty: the vision encoder %s keeps random weights", name)
+    elif not is_url(checkpoint) and not Path(checkpoint).expanduser().is_file():
+        raise FileNotFoundError(f"model.vit_checkpoint: file not found: {checkpoint}")
     encoder = factory(
         img_size=image_size,
         drop_path_rate=drop_path_rate,

@@ -35,6 +35,16 @@ class MiniGPTOutput:
     token_weight: torch.Tensor  # [M] the class weight of each answer token
 
 
+def check_positions(positions: Sequence[int], length: int) -> None:
+    """Dump positions count from the sequence start (causality makes a prefix enough)."""
+    if not positions or any(p < 0 for p in positions):
+        raise ValueError(f"model.llama_feature_positions must be non-negative positions, got {list(positions)}")
+    if max(positions) >= length:
+        raise ValueError(
+            f"model.llama_feature_positions reach position {max(positions)} but the input has only {length} tokens"
+        )
+
+
 class MiniGPTBase(BaseModel):
     """Needs ``llama_model``, ``llama_tokenizer``, ``layout`` and ``precision`` set by subclasses."""
 
@@ -120,11 +130,8 @@ class MiniGPTBase(BaseModel):
         The LLM is causal, so the state at position p depends only on positions 0..p: the
         decoder runs on the first max(positions) + 1 positions and never computes logits.
         """
+        check_positions(positions, embeds.shape[1])
         keep = max(positions) + 1
-        if keep > embeds.shape[1]:
-            raise ValueError(
-                f"model.llama_feature_positions reach position {keep - 1} but the input has only {embeds.shape[1]} tokens"
-            )
         hidden = self._decode(embeds[:, :keep], attention_mask[:, :keep]).last_hidden_state
         return hidden[:, list(positions)]
 
@@ -144,6 +151,9 @@ class MiniGPTBase(BaseModel):
     def generate(self, samples: dict, max_new_tokens: int = 30) -> list[str]:
         """Greedy decoding with a KV cache; rows are left-padded so they finish together."""
         from transformers import DynamicCache
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
 
         visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
         layout = self.generation_layout(samples["instruction_input"])

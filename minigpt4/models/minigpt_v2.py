@@ -14,7 +14,7 @@ from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_che
 from minigpt4.common.registry import registry
 from minigpt4.models.base_model import load_llm, load_vision_encoder
 from minigpt4.models.checkpoint_maps import model_to_released, released_to_model
-from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens
+from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_positions
 from minigpt4.models.prompt_layout import PromptLayout
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class MiniGPTv2(MiniGPTBase):
         "tiny": "configs/models/minigpt_v2_tiny.yaml",
     }
     REQUIRED_PATHS = ("llama_model",)
+    OPTIONAL_PATHS = ("vit_checkpoint", "ckpt")  # empty = random ViT / fresh projectors
 
     def __init__(
         self,
@@ -77,6 +78,8 @@ class MiniGPTv2(MiniGPTBase):
         self.image_token_merge = image_token_merge
         self.legacy_generate_context = legacy_generate_context
         self.llama_feature_positions = list(llama_feature_positions)
+        if any(p < 0 for p in self.llama_feature_positions):
+            raise ValueError(f"model.llama_feature_positions must be non-negative, got {self.llama_feature_positions}")
 
         self.visual_encoder, self.ln_vision = load_vision_encoder(
             vit_model, image_size, drop_path_rate, use_grad_checkpoint, vit_checkpoint, trust_checkpoint, precision, freeze_vit
@@ -154,6 +157,7 @@ class MiniGPTv2(MiniGPTBase):
         embeds = self.embed_layout(layout, visual.sequence())
         mask = layout.attention_mask.to(self.device)
         if full_sequence:
+            check_positions(positions, embeds.shape[1])
             hidden = self._decode(embeds, mask).last_hidden_state[:, positions]
         else:
             hidden = self.llama_hidden_states(embeds, mask, positions)

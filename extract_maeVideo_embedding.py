@@ -1,0 +1,46 @@
+"""VideoMAE features for a folder (or list) of clips: ``<output>/<clip>.npy`` per clip.
+
+    python extract_maeVideo_embedding.py --input videos/ --output features/maeV_199_UTT \
+        --checkpoint maeVideo_ckp199.pth
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minigpt4.common.logger import setup_logging
+from minigpt4.features.encoder_extract import (
+    EXTRACTION_ERRORS,
+    build_encoder,
+    describe_summary,
+    extract_video_mae_features,
+    extraction_argument_parser,
+    list_clips,
+)
+from minigpt4.models.video_mae import VideoMAE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = extraction_argument_parser(__doc__.splitlines()[0], default_model="video_mae_vit_large")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        model = build_encoder(args.model, VideoMAE, args.checkpoint, args.trust_checkpoint)
+        summary = extract_video_mae_features(
+            model,
+            list_clips(args.input, exclude=args.output),
+            args.output,
+            feature_level=args.feature_level,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            skip_bad=args.skip_bad,
+        )
+    except EXTRACTION_ERRORS as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(describe_summary(summary, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

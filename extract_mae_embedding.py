@@ -1,0 +1,53 @@
+"""FaceMAE features for a folder (or list) of clips: ``<output>/<clip>.npy`` per clip.
+
+    python extract_mae_embedding.py --input faces/ --output features/mae_340_UTT \
+        --checkpoint mae_checkpoint-340.pth
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minigpt4.common.logger import setup_logging
+from minigpt4.features.encoder_extract import (
+    EXTRACTION_ERRORS,
+    build_encoder,
+    describe_summary,
+    extract_face_mae_features,
+    extraction_argument_parser,
+    list_clips,
+)
+from minigpt4.models.face_mae import FaceMAE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = extraction_argument_parser(__doc__.splitlines()[0], default_model="face_mae_vit_large")
+    parser.add_argument("--max_frames", type=int, default=None, help="frames per clip, spread evenly (default: all)")
+    parser.add_argument(
+        "--global_pool", action="store_true", help="mean of patch tokens through fc_norm instead of the CLS token"
+    )
+    parser.add_argument("--frames_per_forward", type=int, default=256, help="most frames in one forward pass")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        model = build_encoder(args.model, FaceMAE, args.checkpoint, args.trust_checkpoint, global_pool=args.global_pool)
+        summary = extract_face_mae_features(
+            model,
+            list_clips(args.input, exclude=args.output),
+            args.output,
+            feature_level=args.feature_level,
+            max_frames=args.max_frames,
+            device=args.device,
+            batch_size=args.batch_size,
+            frames_per_forward=args.frames_per_forward,
+            num_workers=args.num_workers,
+            skip_bad=args.skip_bad,
+        )
+    except EXTRACTION_ERRORS as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(describe_summary(summary, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""FaceMAE and VideoMAE features for a set of clips: one ``<output>/<clip>.npy`` per clip.
+
+The loop both extraction commands share:
+
+1. every clip is opened and checked (frames exist, frame count, frame sizes) before anything
+   is written, so a bad clip stops the run with nothing written (``skip_bad`` instead
+   reports it in ``<output>/skipped.tsv`` and does the rest); clips whose ``.npy`` already
+   exists are done and not opened again, which is how an interrupted run resumes;
+2. a DataLoader over the clips decodes the sampled frames in its workers, resizes them to
+   the encoder's input size and scales them to [0, 1];
+3. the encoder runs on ``batch_size`` clips at a time and each clip's vector is written
+   atomically (:func:`~minigpt4.features.npy_io.save_npy_atomic`).
+
+A clip that passes the checks but fails to decode later (a truncated frame, say) is an
+error at that point, or with ``skip_bad`` one more line of the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from minigpt4.common.checkpoint_io import CheckpointError
+from minigpt4.common.registry import RegistryError, registry
+from minigpt4.datasets.frames import (
+    MER_FRAMES_PER_SEGMENT,
+    ClipReadError,
+    clip_name,
+    is_clip_entry,
+    open_clip_frames,
+    uniform_frame_indices,
+    videomae_frame_indices,
+)
+from minigpt4.features.npy_io import save_npy_atomic
+from minigpt4.models.face_mae import FaceMAE
+from minigpt4.models.video_mae import VideoMAE
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_REPORT = "skipped.tsv"
+# what a command reports as one line: bad input, weights or names, never a bug
+EXTRACTION_ERRORS = (ClipReadError, CheckpointError, RegistryError, FileNotFoundError, ValueError)
+
+
+class FeatureLevel(str, Enum):
+    FRAME = "FRAME"  # one row per sampled frame: (T, D)
+    UTTERANCE = "UTTERANCE"  # the mean over the sampled frames: (D,)
+
+
+@dataclass
+class ExtractionSummary:
+    done: int = 0  # clips written by this run
+    already_present: int = 0  # clips whose output existed, left untouched
+    skipped: list[ClipReadError] = field(default_factory=list)  # with skip_bad: what and why
+
+
+def list_clips(input_path: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The clips named by ``input_path``.
+
+    A folder: its frame folders, ``.npy`` arrays and videos, in name order (hidden entries,
+    other files and ``exclude``, e.g. an output folder inside it, are left out).  A file: a
+    list with one clip path per line (blank lines and ``#`` comments skipped; relative paths
+    start at the list's folder).
+    """
+    input_path = Path(input_path)
+    if input_path.is_dir():
+        excluded = Path(exclude).resolve() if exclude is not None else None
+        entries = [p for p in sorted(input_path.iterdir()) if not p.name.startswith(".") and p.resolve() != excluded]
+        others = [p.name for p in entries if not is_clip_entry(p)]
+        if others:
+            logger.warning(
+                "%s: skipping %d entries that are not clips: %s", input_path, len(others), ", ".join(others[:10])
+            )
+        return [p for p in entries if is_clip_entry(p)]
+    if input_path.is_file():
+        lines = [line.strip() for line in input_path.read_text().splitlines()]
+        return [input_path.parent / line for line in lines if line and not line.startswith("#")]
+    raise FileNotFoundError(f"--input {input_path}: no such folder or clip list")
+
+
+def frames_to_model_input(frames: np.ndarray, img_size: int) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> float32 [n, 3, img_size, img_size] in [0, 1].
+
+    Bilinear with antialiasing, like the PIL resize of the MER baseline the encoders were
+    used with.  Pixels are only scaled to [0, 1], not mean/std normalised: that is what the
+    MER baseline fed both encoders (and what the fork got wrong by feeding 0..255).
+    """
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    pixels = F.interpolate(pixels, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True)
+    return pixels / 255
+
+
+@dataclass(frozen=True)
+class _ClipJob:
+    """What a loader worker needs for one clip: plain data, so it crosses process bounds."""
+
+    clip: str
+    path: Path
+    indices: list[int]
+
+
+class _ClipFrameDataset(Dataset):
+    """Decodes a clip's sampled frames; a read failure is returned, not raised, so the
+    main process decides between stopping and skipping."""
+
+    def __init__(self, jobs: Sequence[_ClipJob], img_size: int):
+        self.jobs, self.img_size = jobs, img_size
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple[_ClipJob, torch.Tensor | None, ClipReadError | None]:
+        job = self.jobs[index]
+        try:
+            frames = open_clip_frames(job.path, job.clip).read(job.indices)
+        except ClipReadError as exc:
+            return job, None, exc
+        return job, frames_to_model_input(frames, self.img_size), None
+
+
+def _plan(
+    clips: Sequence[Path], output_dir: Path, sample: Callable[[int], list[int]], summary: ExtractionSummary
+) -> tuple[list[_ClipJob], list[ClipReadError]]:
+    """Open and check every clip without output; count the ones already done."""
+    owners: dict[str, Path] = {}
+    jobs, bad = [], []
+    for path in clips:
+        name = clip_name(path)
+        if name in owners:
+            raise ValueError(f"clips {owners[name]} and {path} would both be written to {output_dir / name}.npy")
+        owners[name] = path
+        if (output_dir / f"{name}.npy").exists():
+            summary.already_present += 1
+            continue
+        try:
+            jobs.append(_ClipJob(name, path, sample(open_clip_frames(path, name).num_frames)))
+        except ClipReadError as exc:
+            bad.append(exc)
+    return jobs, bad
+
+
+def _write_skipped_report(output_dir: Path, skipped: Sequence[ClipReadError]) -> None:
+    with open(output_dir / SKIPPED_REPORT, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(["clip", "file", "reason"])
+        writer.writerows([exc.clip, exc.path, exc.problem] for exc in skipped)
+
+
+def _extract(
+    clips: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    img_size: int,
+    sample: Callable[[int], list[int]],
+    encode: Callable[[list[torch.Tensor]], list[np.ndarray]],
+    batch_size: int,
+    num_workers: int,
+    skip_bad: bool,
+    progress: bool,
+    desc: str,
+) -> ExtractionSummary:
+    output_dir = Path(output_dir)
+    summary = ExtractionSummary()
+    jobs, bad = _plan([Path(c) for c in clips], output_dir, sample, summary)
+    for exc in bad:
+        logger.error("%s", exc)
+    if bad and not skip_bad:
+        logger.error(
+            "%d of %d clips cannot be read; nothing was written. Fix them, or skip them with "
+            "--skip-bad (skip_bad=True) to list them in %s",
+            len(bad),
+            len(clips),
+            output_dir / SKIPPED_REPORT,
+        )
+        raise bad[0]
+    summary.skipped.extend(bad)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(
+        _ClipFrameDataset(jobs, img_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=list,  # clips have different frame counts: the encoder step batches them
+    )
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress) as bar:
+            for batch in loader:
+                readable = []
+                for job, pixels, exc in batch:
+                    if exc is None:
+                        readable.append((job, pixels))
+                    elif skip_bad:
+                        logger.error("%s", exc)
+                        summary.skipped.append(exc)
+                    else:
+                        raise exc
+                if readable:
+                    features = encode([pixels for _, pixels in readable])
+                    for (job, _), feature in zip(readable, features, strict=True):
+                        save_npy_atomic(output_dir / f"{job.clip}.npy", feature)
+                        summary.done += 1
+                bar.update(len(batch))
+    finally:
+        if skip_bad:
+            _write_skipped_report(output_dir, summary.skipped)
+    return summary
+
+
+def extract_face_mae_features(
+    model: FaceMAE,
+    clips: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    feature_level: FeatureLevel | str = FeatureLevel.UTTERANCE,
+    max_frames: int | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    frames_per_forward: int = 256,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """FaceMAE per clip: (T, D) frame vectors at ``FRAME`` level, their mean (D,) at ``UTTERANCE``.
+
+    ``max_frames`` spreads that many frames evenly over a clip (all frames by default);
+    ``frames_per_forward`` caps how many frames one forward pass holds, so long clips fit.
+    """
+    level = FeatureLevel(feature_level)
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def encode(clip_frames: list[torch.Tensor]) -> list[np.ndarray]:
+        all_frames = torch.cat(clip_frames)  # [sum of T, 3, img, img]
+        vectors = torch.cat([model(chunk.to(device)) for chunk in all_frames.split(frames_per_forward)])
+        per_clip = vectors.split([len(frames) for frames in clip_frames])  # each [T, D]
+        if level is FeatureLevel.UTTERANCE:
+            per_clip = [frame_vectors.mean(dim=0) for frame_vectors in per_clip]
+        return [vector.cpu().numpy() for vector in per_clip]
+
+    return _extract(
+        clips,
+        output_dir,
+        img_size=model.img_size,
+        sample=lambda num_frames: uniform_frame_indices(num_frames, max_frames),
+        encode=encode,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_bad=skip_bad,
+        progress=progress,
+        desc="FaceMAE",
+    )
+
+
+def extract_video_mae_features(
+    model: VideoMAE,
+    clips: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    feature_level: FeatureLevel | str = FeatureLevel.UTTERANCE,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """VideoMAE per clip: one (D,) vector from the MER test sampling of ``model.num_frames`` frames."""
+    if FeatureLevel(feature_level) is not FeatureLevel.UTTERANCE:
+        raise ValueError(
+            "VideoMAE gives one vector per clip (its frames are encoded together); "
+            "feature level FRAME has no meaning for it, use UTTERANCE"
+        )
+    if model.num_frames % MER_FRAMES_PER_SEGMENT:
+        raise ValueError(
+            f"the MER sampling takes frames in pairs; a VideoMAE of {model.num_frames} frames cannot use it"
+        )
+    num_segments = model.num_frames // MER_FRAMES_PER_SEGMENT
+    model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def encode(clip_frames: list[torch.Tensor]) -> list[np.ndarray]:
+        clips_batch = torch.stack(clip_frames).transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
+        return list(model(clips_batch.to(device)).cpu().numpy())
+
+    return _extract(
+        clips,
+        output_dir,
+        img_size=model.img_size,
+        sample=lambda num_frames: videomae_frame_indices(num_frames, num_segments, MER_FRAMES_PER_SEGMENT),
+        encode=encode,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        skip_bad=skip_bad,
+        progress=progress,
+        desc="VideoMAE",
+    )
+
+
+def build_encoder(
+    name: str, family: type[torch.nn.Module], checkpoint: str | os.PathLike, trust_checkpoint: bool, **options
+) -> torch.nn.Module:
+    """Build the registered encoder ``name`` with its weights, refusing one of another family."""
+    builder = registry.get("encoder", name)
+    if not _builds(builder, family):
+        choices = [n for n in registry.names("encoder") if _builds(registry.get("encoder", n), family)]
+        raise ValueError(f"encoder {name!r} is not a {family.__name__}; choose one of: {', '.join(choices)}")
+    return builder(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **options)
+
+
+def _builds(builder: Callable, family: type) -> bool:
+    # a builder's return annotation says what it builds, without building it
+    try:
+        built = typing.get_type_hints(builder).get("return")
+    except (NameError, TypeError):  # an annotation that cannot be resolved here
+        return False
+    return isinstance(built, type) and issubclass(built, family)
+
+
+def extraction_argument_parser(description: str, default_model: str) -> argparse.ArgumentParser:
+    """The options both extraction commands share."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="a folder of clips (frame folders, .npy arrays, videos) or a file listing clip paths, "
+        "one per line (relative ones start at the list's folder)",
+    )
+    parser.add_argument("--output", required=True, help="folder for <clip>.npy (created if missing)")
+    parser.add_argument("--checkpoint", required=True, help="the encoder's weight file")
+    parser.add_argument("--model", default=default_model, help=f"registered encoder name (default {default_model})")
+    parser.add_argument(
+        "--feature_level", default=FeatureLevel.UTTERANCE.value, choices=[level.value for level in FeatureLevel]
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=int, default=1, help="clips per forward pass")
+    parser.add_argument("--num_workers", type=int, default=0, help="processes decoding frames")
+    parser.add_argument(
+        "--skip-bad",
+        dest="skip_bad",
+        action="store_true",
+        help=f"skip unreadable clips, listing them in {SKIPPED_REPORT}",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        dest="trust_checkpoint",
+        action="store_true",
+        help="allow a checkpoint that needs full unpickling (runs code from the file)",
+    )
+    return parser
+
+
+def describe_summary(summary: ExtractionSummary, output_dir: str | os.PathLike) -> str:
+    line = f"{summary.done} clips written, {summary.already_present} already present"
+    if summary.skipped:
+        line += f", {len(summary.skipped)} skipped (see {Path(output_dir) / SKIPPED_REPORT})"
+    return line

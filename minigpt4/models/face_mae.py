@@ -1,0 +1,178 @@
+"""FaceMAE: the MAE-Face ViT-L/16 that turns face frames into one vector each.
+
+The encoder is timm's ``VisionTransformer`` as MAE builds it (qkv bias, LayerNorm eps 1e-6,
+a CLS token, a learned position table with an entry for it).  A frame's feature is the CLS
+token after the final norm, or with ``global_pool`` the mean of the patch tokens through
+``fc_norm`` (MAE's fine-tuning head; timm then has no final norm, exactly as MAE deletes it).
+MAE-Face's ``mae_checkpoint-340.pth`` uses timm's names, so loading it only drops the
+pre-training decoder and resizes the position table when the patch grid differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from functools import partial
+
+import torch
+from timm.layers import LayerNorm, resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+
+from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
+from minigpt4.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+# MAE pre-training leaves its decoder and mask token in the file; the encoder never uses them
+_PRETRAINING_ONLY = ("decoder_", "mask_token")
+
+
+class FaceMAE(VisionTransformer):
+    """timm's ViT as MAE-Face's encoder; ``forward`` maps [N, 3, img, img] in [0, 1] to [N, width]."""
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        global_pool: bool = False,
+    ):
+        super().__init__(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            class_token=True,
+            norm_layer=partial(LayerNorm, eps=1e-6),
+            # "avg" gives MAE's finetune semantics: patch tokens only, then fc_norm
+            global_pool="avg" if global_pool else "token",
+            num_classes=0,  # a feature extractor: forward returns the pooled vector
+        )
+        self.img_size = img_size
+
+    @property
+    def uses_global_pool(self) -> bool:
+        return self.global_pool == "avg"
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return tuple(self.patch_embed.grid_size)
+
+
+def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a [1, 1 + g*g, C] table to ``grid`` as MAE's ``interpolate_pos_embed`` does."""
+    patches = pos_embed.shape[1] - 1 if pos_embed.ndim == 3 else 0
+    side = math.isqrt(patches)
+    if side == 0 or side * side != patches:
+        return pos_embed  # not a square table: loading reports the wrong shape
+    return resample_abs_pos_embed(
+        pos_embed,
+        new_size=list(grid),
+        old_size=[side, side],
+        num_prefix_tokens=1,  # the CLS entry is kept as it is
+        interpolation="bicubic",
+        antialias=False,  # MAE resizes with plain F.interpolate(align_corners=False)
+    )
+
+
+def face_mae_checkpoint_filter(
+    state_dict: dict[str, torch.Tensor], model: FaceMAE
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Turn an MAE(-Face) state dict into ``model``'s tensors.
+
+    Returns the tensors to load and the names that are ignored on purpose: the
+    pre-training decoder and mask token, and the norm the model's pooling does not use
+    (``fc_norm`` with CLS pooling, the final ``norm`` with global pooling).  Every other
+    name is passed on, so loading names anything the model has no place for, as well as
+    anything the file lacks.
+    """
+    # global pooling ends in fc_norm and CLS pooling in norm; the other one has no place
+    unused_norm = "norm." if model.uses_global_pool else "fc_norm."
+    tensors, ignored = {}, []
+    for name, tensor in state_dict.items():
+        if name.startswith(_PRETRAINING_ONLY) or name.startswith(unused_norm):
+            ignored.append(name)
+        elif name == "pos_embed":
+            tensors[name] = _resize_pos_embed(tensor, model.patch_grid)
+        else:
+            tensors[name] = tensor
+    return tensors, ignored
+
+
+def load_face_mae_checkpoint(model: FaceMAE, path: str | os.PathLike, trust_checkpoint: bool = False) -> LoadReport:
+    """Load an MAE-Face file (``{"model": ...}`` or raw) into ``model``; every tensor must land."""
+    what = f"FaceMAE checkpoint {path}"
+    state_dict = unwrap_state_dict(load_checkpoint(path, "FaceMAE checkpoint", trust_checkpoint), what)
+    tensors, ignored = face_mae_checkpoint_filter(state_dict, model)
+    report = apply_state_dict(model, tensors, what)
+    report.unexpected.extend(ignored)  # kept out of apply_state_dict on purpose
+    logger.info("%s: %s", what, report.describe())
+    return report
+
+
+def build_face_mae(
+    *,
+    img_size: int,
+    patch_size: int,
+    width: int,
+    depth: int,
+    num_heads: int,
+    mlp_ratio: float,
+    global_pool: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> FaceMAE:
+    """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
+    model = FaceMAE(img_size, patch_size, width, depth, num_heads, mlp_ratio, global_pool)
+    if checkpoint is not None:
+        load_face_mae_checkpoint(model, checkpoint, trust_checkpoint)
+    return model
+
+
+@registry.register_encoder("face_mae_vit_large")
+def face_mae_vit_large(
+    img_size: int = 224,
+    global_pool: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> FaceMAE:
+    """MAE-Face ViT-L/16: width 1024, 24 blocks, 16 heads, 4096 MLP units."""
+    return build_face_mae(
+        img_size=img_size,
+        patch_size=16,
+        width=1024,
+        depth=24,
+        num_heads=16,
+        mlp_ratio=4.0,
+        global_pool=global_pool,
+        checkpoint=checkpoint,
+        trust_checkpoint=trust_checkpoint,
+    )
+
+
+@registry.register_encoder("face_mae_tiny")
+def face_mae_tiny(
+    img_size: int = 64,
+    global_pool: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    trust_checkpoint: bool = False,
+) -> FaceMAE:
+    """The same layout at a few hundred kilobytes, for tests and the demo."""
+    return build_face_mae(
+        img_size=img_size,
+        patch_size=16,
+        width=64,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=4.0,  # 256 hidden units
+        global_pool=global_pool,
+        checkpoint=checkpoint,
+        trust_checkpoint=trust_checkpoint,
+    )

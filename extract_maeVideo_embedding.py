@@ -22,10 +22,17 @@ from minigpt4.models.video_mae import VideoMAE
 
 def main(argv: list[str] | None = None) -> int:
     parser = extraction_argument_parser(__doc__.splitlines()[0], default_model="video_mae_vit_large")
+    parser.add_argument(
+        "--fresh_fc_norm",
+        action="store_true",
+        help="the checkpoint is a pre-training file without fc_norm: use an untrained one (MER2023 baseline behaviour)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        model = build_encoder(args.model, VideoMAE, args.checkpoint, args.trust_checkpoint)
+        model = build_encoder(
+            args.model, VideoMAE, args.checkpoint, args.trust_checkpoint, fresh_fc_norm=args.fresh_fc_norm
+        )
         summary = extract_video_mae_features(
             model,
             list_clips(args.input, exclude=args.output),

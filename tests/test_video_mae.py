@@ -169,3 +169,27 @@ def test_vit_large_configuration():
     assert len(model.blocks) == 24 and block.attn.num_heads == 16 and block.mlp.fc1.out_features == 4096
     assert block.attn.qkv.bias is None and block.attn.q_bias.shape == block.attn.v_bias.shape == (1024,)
     assert block.norm1.eps == 1e-6 and model.fc_norm.eps == 1e-6
+
+
+def pretraining_norm_layout(encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A real pre-training encoder ends with ``norm`` and has no ``fc_norm``."""
+    sd = dict(encoder)
+    sd["norm.weight"], sd["norm.bias"] = sd.pop("fc_norm.weight"), sd.pop("fc_norm.bias")
+    return sd
+
+
+def test_pretraining_norm_file_is_refused_with_the_way_out(tmp_path):
+    path = pretraining_file(tmp_path, pretraining_norm_layout(encoder_state_dict()))
+    with pytest.raises(CheckpointError, match="--fresh_fc_norm"):
+        tiny(checkpoint=path)
+
+
+def test_fresh_fc_norm_reproduces_the_mer_baseline(tmp_path):
+    sd = encoder_state_dict()
+    path = pretraining_file(tmp_path, pretraining_norm_layout(sd))
+    model = tiny(checkpoint=path, fresh_fc_norm=True).eval()
+    assert torch.equal(model.fc_norm.weight, torch.ones(WIDTH)) and torch.equal(model.fc_norm.bias, torch.zeros(WIDTH))
+    clips = torch.rand(1, 3, FRAMES, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    baseline = dict(sd, **{"fc_norm.weight": torch.ones(WIDTH), "fc_norm.bias": torch.zeros(WIDTH)})
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips), reference_forward(baseline, clips), atol=1e-5, rtol=1e-5)

@@ -19,7 +19,7 @@ from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 from torch import nn
 
-from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
 from minigpt4.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,32 @@ def video_mae_checkpoint_filter(
     return tensors, ignored
 
 
-def load_video_mae_checkpoint(model: VideoMAE, path: str | os.PathLike, trust_checkpoint: bool = False) -> LoadReport:
-    """Load a VideoMAE file (``{"model"|"module": ...}`` or raw) into ``model``; every tensor must land."""
+def load_video_mae_checkpoint(
+    model: VideoMAE, path: str | os.PathLike, trust_checkpoint: bool = False, fresh_fc_norm: bool = False
+) -> LoadReport:
+    """Load a VideoMAE file (``{"model"|"module": ...}`` or raw) into ``model``; every tensor must land.
+
+    A pre-training file ends the encoder with ``norm`` and has no ``fc_norm``.  The MER2023
+    baseline loaded such files into a mean-pooling model, which dropped ``norm`` and left
+    ``fc_norm`` at its initial values (weight 1, bias 0).  ``fresh_fc_norm=True`` does the
+    same, on request and reported; without it such a file is refused.
+    """
     what = f"VideoMAE checkpoint {path}"
     state_dict = unwrap_state_dict(load_checkpoint(path, "VideoMAE checkpoint", trust_checkpoint), what)
     tensors, ignored = video_mae_checkpoint_filter(state_dict, model)
+    if fresh_fc_norm and "fc_norm.weight" not in tensors:
+        for name in ("norm.weight", "norm.bias"):
+            if name in tensors:
+                del tensors[name]
+                ignored.append(name)
+        tensors["fc_norm.weight"] = torch.ones_like(model.fc_norm.weight)
+        tensors["fc_norm.bias"] = torch.zeros_like(model.fc_norm.bias)
+        logger.warning("%s has no fc_norm: using a fresh one (weight 1, bias 0) as the MER2023 baseline did", what)
+    elif "fc_norm.weight" not in tensors and "norm.weight" in tensors:
+        raise CheckpointError(
+            f"{what} is a pre-training file (it ends with norm, has no fc_norm); pass --fresh_fc_norm to use an "
+            "untrained fc_norm as the MER2023 baseline did"
+        )
     report = apply_state_dict(model, tensors, what)
     report.unexpected.extend(ignored)  # kept out of apply_state_dict on purpose
     logger.info("%s: %s", what, report.describe())
@@ -153,11 +174,12 @@ def build_video_mae(
     mlp_ratio: float,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    fresh_fc_norm: bool = False,
 ) -> VideoMAE:
     """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
     model = VideoMAE(img_size, patch_size, num_frames, tubelet_size, width, depth, num_heads, mlp_ratio)
     if checkpoint is not None:
-        load_video_mae_checkpoint(model, checkpoint, trust_checkpoint)
+        load_video_mae_checkpoint(model, checkpoint, trust_checkpoint, fresh_fc_norm)
     return model
 
 
@@ -167,6 +189,7 @@ def video_mae_vit_large(
     num_frames: int = 16,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    fresh_fc_norm: bool = False,
 ) -> VideoMAE:
     """VideoMAE ViT-L/16, tubelet 2: width 1024, 24 blocks, 16 heads, 4096 MLP units."""
     return build_video_mae(
@@ -180,6 +203,7 @@ def video_mae_vit_large(
         mlp_ratio=4.0,
         checkpoint=checkpoint,
         trust_checkpoint=trust_checkpoint,
+        fresh_fc_norm=fresh_fc_norm,
     )
 
 
@@ -189,6 +213,7 @@ def video_mae_tiny(
     num_frames: int = 16,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    fresh_fc_norm: bool = False,
 ) -> VideoMAE:
     """The same layout at a few hundred kilobytes, for tests and the demo."""
     return build_video_mae(
@@ -202,4 +227,5 @@ def video_mae_tiny(
         mlp_ratio=4.0,  # 256 hidden units
         checkpoint=checkpoint,
         trust_checkpoint=trust_checkpoint,
+        fresh_fc_norm=fresh_fc_norm,
     )

@@ -48,6 +48,19 @@ def names_digest(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
+def fingerprint_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (``model.llama_feature_positions``), for the refusal message."""
+    changed = []
+    for key in sorted(set(old) | set(new), key=str):
+        dotted = f"{prefix}{key}"
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            changed += fingerprint_differences(before, after, f"{dotted}.")
+        elif before != after:
+            changed.append(dotted)
+    return changed
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -83,9 +96,9 @@ class FeatureWriter:
         self.layout = layout
         self.overwrite = overwrite
         self.manifest = dict(manifest)
-        self.manifest["fingerprint"] = dict(
-            manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names)
-        )
+        fingerprint = dict(manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names))
+        # As it will read back from manifest.json (tuples become lists), so equal settings compare equal.
+        self.manifest["fingerprint"] = json.loads(json.dumps(fingerprint))
         self.manifest.update(
             rows=len(self.names),
             files={kind: self._file_entry(kind) for kind in self.row_shapes},
@@ -121,11 +134,7 @@ class FeatureWriter:
             previous = json.loads(manifest_path.read_text())
             if previous.get("fingerprint") != self.manifest["fingerprint"]:
                 if not self.overwrite:
-                    changed = sorted(
-                        key
-                        for key in set(previous.get("fingerprint", {})) | set(self.manifest["fingerprint"])
-                        if previous.get("fingerprint", {}).get(key) != self.manifest["fingerprint"].get(key)
-                    )
+                    changed = fingerprint_differences(previous.get("fingerprint", {}), self.manifest["fingerprint"])
                     raise FeatureOutputError(
                         f"{self.out_dir} holds features made with a different configuration "
                         f"(differs in: {', '.join(changed)}); refusing to mix them. Pass --overwrite "

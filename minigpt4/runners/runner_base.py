@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Rand
 
 from minigpt4.common import dist_utils
 from minigpt4.common.logger import MetricLogger, setup_logging
-from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from minigpt4.common.checkpoint_io import CheckpointError, apply_state_dict, load_checkpoint, save_checkpoint
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.optims import build_optimizer_param_groups
 from minigpt4.common.registry import registry
@@ -42,6 +42,12 @@ logger = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = (
     "arch", "model_type", "vit_model", "image_size", "image_token_merge", "video_feature_dim",
     "num_video_streams", "lora_r", "lora_alpha", "lora_target_modules", "freeze_vit",
+)
+# Run keys whose saved values the restored lr schedule and optimizer carry: with another value
+# in the config the saved one would silently win, and the run would follow neither.
+SCHEDULE_KEYS = (
+    "lr_sched", "max_epoch", "iters_per_epoch", "init_lr", "min_lr", "warmup_lr", "warmup_steps", "decay_rate",
+    "weight_decay",
 )
 
 
@@ -83,6 +89,8 @@ class RunnerBase:
                 f"run.best_metric: {self.run_cfg.best_metric!r} is not a metric of task {self.run_cfg.task}; "
                 f"choices: {', '.join(self.task.METRICS)}"
             )
+        if self.run_cfg.max_epoch < 1:
+            raise ConfigError(f"run.max_epoch: must be at least 1, got {self.run_cfg.max_epoch}")
         if not cfg.datasets_cfg:
             raise ConfigError("datasets: no training dataset configured")
         self.out_dir = Path(self.run_cfg.output_dir)
@@ -100,6 +108,14 @@ class RunnerBase:
         if differing:
             details = ", ".join(f"{k}: file {saved.get(k)!r} vs config {current.get(k)!r}" for k in differing)
             raise CheckpointError(f"run.resume_ckpt_path: {path} comes from a different model ({details})")
+        saved_run = state.get("config", {}).get("run", {})
+        changed = [key for key in SCHEDULE_KEYS if saved_run.get(key) != self.run_cfg.get(key)]
+        if changed:
+            details = ", ".join(f"run.{k}: file {saved_run.get(k)!r} vs config {self.run_cfg.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"run.resume_ckpt_path: a resume continues the saved run's schedule exactly, but {details}; "
+                "resume with the saved values, or start a new run from its weights with model.ckpt"
+            )
         if state["fold"] not in self.run_cfg.folds:
             raise ConfigError(f"run.resume_ckpt_path: {path} belongs to fold {state['fold']}, not in run.folds")
         return state
@@ -277,7 +293,9 @@ class RunnerBase:
 
     def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, list, dict]:
         state = self.resume
-        model.load_state_dict(released_to_model(state["model"]), strict=False)
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+        apply_state_dict(model, released_to_model(state["model"]), f"run.resume_ckpt_path {self.run_cfg.resume_ckpt_path}",
+                         required=trainable)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_sched"])
         if state["scaler"]:  # empty when fp16 loss scaling is off

@@ -24,6 +24,8 @@ from minigpt4.tasks.base_task import BaseTask
 
 logger = logging.getLogger(__name__)
 
+SKIPPED_REPORT = "skipped.tsv"
+
 
 def write_skipped_report(path: Path, skipped) -> None:
     """``skipped.tsv``: one line per clip left out, with the file and the reason."""
@@ -83,9 +85,14 @@ class RunnerEval:
         out_dir = Path(self.run_cfg.output_dir)
         if getattr(task, "PER_DATASET_FOLDER", False):
             out_dir = out_dir / name
-        if dataset.skipped and dist_utils.is_main_process():
-            write_skipped_report(out_dir / "skipped.tsv", dataset.skipped)
         writer, rows = task.open_writer(model, dataset, out_dir, self.cfg.model_cfg, self.sections[name])
+        # Only once the writer has accepted the folder: a refused rerun keeps the earlier report.
+        if dist_utils.is_main_process():
+            report = out_dir / SKIPPED_REPORT
+            if dataset.skipped:
+                write_skipped_report(report, dataset.skipped)
+            else:
+                report.unlink(missing_ok=True)  # left by a run this one overwrote
         loader = row_loader(dataset, rows, self.run_cfg.batch_size, self.run_cfg.num_workers)
         progress = tqdm(loader, desc=name, disable=not dist_utils.is_main_process(), unit="batch")
         with torch.inference_mode():

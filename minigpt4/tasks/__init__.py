@@ -1,1 +1,1 @@
-from minigpt4.tasks import feature_dump, image_text_pretrain, mw_classification  # noqa: F401  (registers the tasks)
+from minigpt4.tasks import emotion_eval, feature_dump, image_text_pretrain, mw_classification  # noqa: F401  (registers the tasks)

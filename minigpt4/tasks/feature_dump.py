@@ -51,11 +51,13 @@ class FeatureDumpTask(BaseTask):
             "fingerprint": {
                 "model": OmegaConf.to_container(model_cfg, resolve=True),
                 "dataset": OmegaConf.to_container(dataset_cfg, resolve=True),
+                # weights no checkpoint provides (e.g. the projectors of the demo) are drawn from it
+                "seed": self.run_cfg.seed,
             },
             "weights": _weights_used(model_cfg),
             "llama_feature_positions": [{"position": p, "token": t} for p, t in zip(positions, tokens)],
             "instruction": instruction,
-            "skipped": len(getattr(dataset, "skipped", [])),
+            "skipped": len({bad.clip for bad in getattr(dataset, "skipped", [])}),  # clips, not problems
         }
         writer = FeatureWriter(
             out_dir,

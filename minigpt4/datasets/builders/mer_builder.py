@@ -10,6 +10,7 @@ from minigpt4.datasets.datasets.mer_dataset import MERDataset
 
 class MERBuilder(BaseDatasetBuilder):
     REQUIRED_PATHS = ("build_info.annotation", "build_info.video_root", "build_info.transcript")
+    EVAL_TASK = "emotion_eval"  # what eval_emotion.py does with these datasets
 
     def build(self, split: str, fold: int | None = None) -> MERDataset:
         """Every clip of the annotation; ``split`` only picks the image processor."""

@@ -26,7 +26,7 @@ step "2/5 FaceMAE (face frames) and VideoMAE (videos) vectors -> $DEMO_FEATURES"
 step "3/5 Emotion-LLaMA features of the mind-wandering clips -> $DEMO_DIR/features"
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo.yaml --dataset hcmw_caption
 
-step "4/5 emotion recognition on the MER-format clips -> $DEMO_DIR/mer"
+step "4/5 emotion recognition on the MER-format clips -> $DEMO_DIR/emotion_eval"
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo_mer.yaml --dataset feature_face_caption,mer2024_caption
 
 step "5/5 k-fold LoRA fine-tuning -> $DEMO_DIR/train"

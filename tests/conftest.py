@@ -30,3 +30,15 @@ def tiny_assets_script():
 def tiny_assets(tmp_path_factory, tiny_assets_script) -> dict[str, Path]:
     """Tiny weights and datasets generated once per session with seed 0 (paths by name)."""
     return tiny_assets_script.make_tiny_assets(tmp_path_factory.mktemp("tiny_assets"), seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -361,7 +361,6 @@ def test_num_video_streams_out_of_range_is_refused(tiny_assets):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_bf16_forward_features_and_generation(tiny_assets):
     model = build_model(tiny_assets, precision="bf16").cuda()
     assert model.llama_model.get_input_embeddings().weight.dtype == torch.bfloat16

@@ -151,7 +151,9 @@ class Config:
     def _run_defaults(wanted: DictConfig, default_runner: str) -> DictConfig:
         run = wanted.get("run") or {}
         runner_cls = _lookup("runner", run.get("runner", default_runner), "run.runner")
-        _lookup("task", run.get("task", runner_cls.DEFAULT_TASK), "run.task")
+        task = run.get("task", getattr(runner_cls, "DEFAULT_TASK", None))
+        if task:  # the evaluation runner takes each dataset's task from its builder instead
+            _lookup("task", task, "run.task")
         return OmegaConf.create({"run": OmegaConf.load(runner_cls.default_config_path())["run"]})
 
     def _validate(self, defaults: list[DictConfig]) -> None:

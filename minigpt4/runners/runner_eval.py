@@ -39,7 +39,6 @@ def write_skipped_report(path: Path, skipped) -> None:
 
 @registry.register_runner("runner_eval")
 class RunnerEval:
-    DEFAULT_TASK = "feature_dump"
     CONFIG = "configs/runners/runner_eval.yaml"
 
     @classmethod

@@ -4,10 +4,12 @@ Two layouts:
 
 * ``stacked`` (default): one ``<kind>.npy`` per feature kind with N rows, row i belonging to
   line i of ``names.txt``.  Files are created at full size up front (``open_memmap``) and
-  rows are written in place, so memory stays flat however large N is.  A row is marked done
-  in ``.rows_done.npy`` only after its data is flushed; a killed run resumes from that mask
-  and ends with the same bytes as an uninterrupted one.  Several processes (``torchrun``)
-  write disjoint rows of the same files.
+  each batch's rows are written in place through a mapping closed again right after, so
+  memory stays flat however large N is (a mapping kept open would hold every written page
+  in the process's resident memory).  A row is marked done in ``.rows_done.npy`` only
+  after its data is flushed; a killed run resumes from that mask and ends with the same
+  bytes as an uninterrupted one.  Several processes (``torchrun``) write disjoint rows of
+  the same files.
 * ``per_clip``: ``<kind>/<clip>.npy``, each written atomically; a clip is done when all of
   its files exist.
 
@@ -96,8 +98,10 @@ class FeatureWriter:
         self.layout = layout
         self.overwrite = overwrite
         self.manifest = dict(manifest)
-        fingerprint = dict(manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names))
-        # As it will read back from manifest.json (tuples become lists), so equal settings compare equal.
+        fingerprint = dict(
+            manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names)
+        )
+        # As manifest.json will give it back (tuples become lists), so equal settings compare equal.
         self.manifest["fingerprint"] = json.loads(json.dumps(fingerprint))
         self.manifest.update(
             rows=len(self.names),
@@ -105,7 +109,6 @@ class FeatureWriter:
             dtype=dtype,
             layout=layout,
         )
-        self._arrays: dict[str, np.memmap] = {}
         self._done: np.memmap | None = None
 
     def _file_entry(self, kind: str) -> dict:
@@ -120,9 +123,6 @@ class FeatureWriter:
             self._prepare()
         dist_utils.barrier()
         if self.layout == "stacked":
-            self._arrays = {
-                kind: np.load(self.out_dir / f"{kind}.npy", mmap_mode="r+") for kind in self.row_shapes
-            }
             done_path = self.out_dir / PROGRESS
             self._done = np.load(done_path, mmap_mode="r+") if done_path.exists() else None
         rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
@@ -189,16 +189,18 @@ class FeatureWriter:
                     save_npy_atomic(self.out_dir / kind / f"{self.names[row]}.npy", arrays[kind][i].astype(self.dtype))
             return
         index = np.asarray(rows)
-        for kind, array in self._arrays.items():
+        for kind in self.row_shapes:
+            array = np.load(self.out_dir / f"{kind}.npy", mmap_mode="r+")
             array[index] = arrays[kind].astype(self.dtype)
             array.flush()
+            del array  # unmapped: the written pages leave this process's resident memory
         # Marked only after the data is on disk: a killed run redoes at most this batch.
         self._done[index] = 1
         self._done.flush()
 
     def finish(self) -> dict:
         """Seal the folder once every process is done; returns the manifest."""
-        self._arrays, self._done = {}, None
+        self._done = None
         dist_utils.barrier()
         manifest_path = self.out_dir / MANIFEST
         if dist_utils.is_main_process():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from minigpt4.common.registry import registry
 from minigpt4.datasets.frames import ClipReadError, uniform_frame_indices, videomae_frame_indices
-from minigpt4.features import npy_io
+from minigpt4.common import atomic_io
 from minigpt4.features.encoder_extract import (
     SKIPPED_REPORT,
     extract_face_mae_features,
@@ -190,7 +190,7 @@ def test_rerun_skips_finished_clips(tmp_path, face_model, monkeypatch):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
 
     writes = []
-    real_save = npy_io.save_npy_atomic
+    real_save = atomic_io.save_npy_atomic
     monkeypatch.setattr(
         "minigpt4.features.encoder_extract.save_npy_atomic",
         lambda path, array: (writes.append(Path(path).name), real_save(path, array)),
@@ -206,7 +206,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, face_model, monkeypa
         raise KeyboardInterrupt  # the user stops the run mid-write
 
     clip = write_npy(tmp_path / "clip.npy", smooth_frames(3))
-    monkeypatch.setattr(npy_io.np, "save", save_half_then_fail)
+    monkeypatch.setattr(atomic_io.np, "save", save_half_then_fail)
     with pytest.raises(KeyboardInterrupt):
         extract_face_mae_features(face_model, [clip], tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []

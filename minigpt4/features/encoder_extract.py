@@ -9,7 +9,7 @@ The loop both extraction commands share:
 2. a DataLoader over the clips decodes the sampled frames in its workers, resizes them to
    the encoder's input size and scales them to [0, 1];
 3. the encoder runs on ``batch_size`` clips at a time and each clip's vector is written
-   atomically (:func:`~minigpt4.features.npy_io.save_npy_atomic`).
+   atomically (:func:`~minigpt4.common.atomic_io.save_npy_atomic`).
 
 A clip that passes the checks but fails to decode later (a truncated frame, say) is an
 error at that point, or with ``skip_bad`` one more line of the report.
@@ -44,7 +44,7 @@ from minigpt4.datasets.frames import (
     uniform_frame_indices,
     videomae_frame_indices,
 )
-from minigpt4.features.npy_io import save_npy_atomic
+from minigpt4.common.atomic_io import save_npy_atomic
 from minigpt4.models.face_mae import FaceMAE
 from minigpt4.models.video_mae import VideoMAE
 

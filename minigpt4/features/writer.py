@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from minigpt4.common import dist_utils
-from minigpt4.features.npy_io import save_npy_atomic
+from minigpt4.common.atomic_io import save_npy_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ def fingerprint_differences(old: Mapping, new: Mapping, prefix: str = "") -> lis
         elif before != after:
             changed.append(dotted)
     return changed
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class FeatureWriter:
@@ -147,8 +141,8 @@ class FeatureWriter:
             self._remove_outputs()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # The manifest goes first: whatever a crash leaves behind is tied to its fingerprint.
-        _write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=False), indent=2) + "\n")
-        _write_text_atomic(self.out_dir / NAMES, "".join(f"{name}\n" for name in self.names))
+        write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=False), indent=2) + "\n")
+        write_text_atomic(self.out_dir / NAMES, "".join(f"{name}\n" for name in self.names))
         if self.layout == "stacked":
             self._create_stacked_files()
         else:
@@ -210,7 +204,7 @@ class FeatureWriter:
                     f"{len(pending)} rows were not written (first: {self.names[pending[0]]}); rerun to resume"
                 )
             (self.out_dir / PROGRESS).unlink(missing_ok=True)
-            _write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=True), indent=2) + "\n")
+            write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=True), indent=2) + "\n")
         dist_utils.barrier()
         return json.loads(manifest_path.read_text())
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from minigpt4.conversation import single_turn_prompt
 from minigpt4.models.base_model import BaseModel
-from minigpt4.models.prompt_layout import IGNORE_INDEX, LayoutBatch, PromptLayout
+from minigpt4.models.prompt_layout import IGNORE_INDEX, LayoutBatch
 
 
 @dataclass

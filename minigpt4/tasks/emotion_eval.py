@@ -17,13 +17,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from minigpt4.common import dist_utils
+from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.common.registry import registry
 from minigpt4.tasks.base_task import BaseTask
 from minigpt4.tasks.metrics import multiclass_metrics
@@ -69,13 +69,6 @@ class Prediction:
         return self.clip, self.target, self.answer, self.parsed
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Through ``<path>.tmp`` and a rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def _csv_text(rows: Sequence[Sequence[str]]) -> str:
     """In the default dialect (rows end in CRLF) a line break inside a generated answer is quoted."""
     buffer = io.StringIO()
@@ -111,8 +104,8 @@ class PredictionWriter:
         )
         metrics["skipped"] = self.skipped
         if dist_utils.is_main_process():
-            _write_atomic(self.out_dir / PREDICTIONS, _csv_text([CSV_COLUMNS, *(p.csv_row() for p in predictions)]))
-            _write_atomic(self.out_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
+            write_text_atomic(self.out_dir / PREDICTIONS, _csv_text([CSV_COLUMNS, *(p.csv_row() for p in predictions)]))
+            write_text_atomic(self.out_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
         dist_utils.barrier()  # the partial files go only once the final ones exist
         self.partial_path.unlink()
         return metrics

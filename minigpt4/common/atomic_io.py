@@ -1,4 +1,4 @@
-"""Writing ``.npy`` files so that a reader never sees half of one."""
+"""Writing files so that a reader never sees half of one: through ``<name>.tmp`` and a rename."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(handle, array)
             handle.flush()
             os.fsync(handle.fileno())  # the data is on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) through ``<path>.tmp`` and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", newline="")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

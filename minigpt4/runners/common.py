@@ -11,9 +11,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from minigpt4.common import dist_utils
+from minigpt4.common.checkpoint_io import CheckpointError
+from minigpt4.common.config import ConfigError
 from minigpt4.datasets.data_utils import collate_clips
+from minigpt4.datasets.errors import DataError
+from minigpt4.features.writer import FeatureOutputError
 
 logger = logging.getLogger(__name__)
+
+# Problems with the user's config, data, weights or output folder: the CLIs print these as one
+# line (the message names the key, clip or file) instead of a traceback.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, FeatureOutputError, FileNotFoundError)
 
 
 def select_device(requested: str) -> torch.device:

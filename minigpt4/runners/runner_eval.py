@@ -59,11 +59,12 @@ class RunnerEval:
         self.sections = sections
 
     def _build_dataset(self, name: str):
+        """Every row, or only the held-out rows of ``fold`` when the section names one."""
         section = self.sections[name]
         fold = section.get("fold", -1)
-        split = "all" if fold is None or fold < 0 else "eval"
-        dataset = BaseTask.build_dataset(name, section, split, None if split == "all" else fold)
-        return dataset
+        if fold is None or fold < 0:
+            return BaseTask.build_dataset(name, section, "all")
+        return BaseTask.build_dataset(name, section, "eval", fold)
 
     def run(self) -> dict:
         dist_utils.init_distributed()

@@ -9,44 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import minigpt4
 from minigpt4.common.checkpoint_io import CheckpointError, save_checkpoint
 from minigpt4.models.minigpt_v2 import MiniGPTv2
+from tiny_model import FEATURE_DIM, HCMW_INSTRUCTION, HIDDEN, build_model, random_visual_inputs
 
-TINY_YAML = Path(minigpt4.__file__).resolve().parent / "configs" / "models" / "minigpt_v2_tiny.yaml"
-
-HCMW_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
-    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
-)
-FEATURE_DIM = 64
-HIDDEN = 64
 VIT_WIDTH = 32  # tiny EVA
 LORA_R = 8
 LORA_PREFIX = "llama_model.base_model.model.model.layers"
 
 
-def tiny_config(assets, **overrides):
-    cfg = OmegaConf.load(TINY_YAML).model
-    cfg.llama_model = str(assets["llama_dir"])
-    cfg.vit_checkpoint = str(assets["eva_ckpt"])
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
-
-def build_model(assets, seed: int = 0, **overrides) -> MiniGPTv2:
-    torch.manual_seed(seed)
-    return MiniGPTv2.from_config(tiny_config(assets, **overrides)).eval()
-
-
 def make_samples(n: int = 2, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
     return {
-        "image": torch.randn(n, 3, 224, 224, generator=generator),
-        "video_features": torch.randn(n, 3, FEATURE_DIM, generator=generator),
+        **random_visual_inputs(n, seed),
         "instruction_input": [HCMW_INSTRUCTION] * n,
         "answer": ["mind wandering", "non-mind wandering"][:n],
         "class_weight": torch.tensor([1.0, 2.0][:n]),

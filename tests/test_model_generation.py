@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-import minigpt4
 from minigpt4.models.minigpt_v2 import MiniGPTv2
 from minigpt4.models.prompt_layout import PLACEHOLDER
+from tiny_model import HCMW_INSTRUCTION, random_visual_inputs, tiny_config
 
-TINY_YAML = Path(minigpt4.__file__).resolve().parent / "configs" / "models" / "minigpt_v2_tiny.yaml"
-
-HCMW_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
-    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
-)
 MER_INSTRUCTION = (
     "<video><VideoHere></video> <feature><FeatureHere></feature> "
     "The person in video says: I am worried about the exam. [emotion] "
@@ -32,17 +24,7 @@ MER_INSTRUCTION = (
 SHORT_INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> [emotion] What is it? "
 INSTRUCTIONS = [HCMW_INSTRUCTION, MER_INSTRUCTION, SHORT_INSTRUCTION]  # three different prompt lengths
 NUM_VISUAL = 64 + 2 + 1  # image tokens + 2 streams + CLS
-FEATURE_DIM = 64
 MAX_NEW = 8
-
-
-def tiny_config(assets, **overrides):
-    cfg = OmegaConf.load(TINY_YAML).model
-    cfg.llama_model = str(assets["llama_dir"])
-    cfg.vit_checkpoint = str(assets["eva_ckpt"])
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 def build_model(assets, seed: int = 0, **overrides) -> MiniGPTv2:
@@ -58,10 +40,8 @@ def build_model(assets, seed: int = 0, **overrides) -> MiniGPTv2:
 
 def make_samples(instructions, seed: int = 0) -> dict:
     n = len(instructions)
-    generator = torch.Generator().manual_seed(seed)
     return {
-        "image": torch.randn(n, 3, 224, 224, generator=generator),
-        "video_features": torch.randn(n, 3, FEATURE_DIM, generator=generator),
+        **random_visual_inputs(n, seed),
         "instruction_input": list(instructions),
     }
 

@@ -7,47 +7,24 @@ on ``PromptLayout`` itself.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
 import torch
-from omegaconf import OmegaConf
 
-import minigpt4
 from minigpt4.models.minigpt_v2 import MiniGPTv2
 from minigpt4.models.prompt_layout import IGNORE_INDEX, PLACEHOLDER, PromptLayout
+from tiny_model import HCMW_INSTRUCTION, HIDDEN, build_model, random_visual_inputs
 
-TINY_YAML = Path(minigpt4.__file__).resolve().parent / "configs" / "models" / "minigpt_v2_tiny.yaml"
-
-# SPEC section 6, spelled out (trailing space included).
-HCMW_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
-    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
-)
 SHORT_INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> [emotion] What is it? "
 CHAT_TEMPLATE = "[INST] {} [/INST]"
 
 NUM_IMAGE_TOKENS = 64  # tiny: 224 / 14 = 16x16 patches, merged by 4
-HIDDEN = 64
-FEATURE_DIM = 64
-
-
-def build_model(assets, seed: int = 0, **overrides) -> MiniGPTv2:
-    cfg = OmegaConf.load(TINY_YAML).model
-    cfg.llama_model = str(assets["llama_dir"])
-    cfg.vit_checkpoint = str(assets["eva_ckpt"])
-    for key, value in overrides.items():
-        cfg[key] = value
-    torch.manual_seed(seed)
-    return MiniGPTv2.from_config(cfg).eval()
 
 
 def make_samples(n: int, seed: int, instructions=None, answers=None) -> dict:
-    generator = torch.Generator().manual_seed(seed)
     return {
-        "image": torch.randn(n, 3, 224, 224, generator=generator),
-        "video_features": torch.randn(n, 3, FEATURE_DIM, generator=generator),
+        **random_visual_inputs(n, seed),
         "instruction_input": list(instructions or [HCMW_INSTRUCTION] * n),
         "answer": list(answers or ["mind wandering"] * n),
     }

@@ -6,47 +6,21 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-import minigpt4
 from minigpt4.models.minigpt_v2 import MiniGPTv2
 from minigpt4.models.prompt_layout import IGNORE_INDEX
+from tiny_model import HCMW_INSTRUCTION, HIDDEN, build_model, random_visual_inputs
 
-TINY_YAML = Path(minigpt4.__file__).resolve().parent / "configs" / "models" / "minigpt_v2_tiny.yaml"
-
-HCMW_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
-    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
-)
 CANDIDATES = ["mind wandering", "non-mind wandering"]
-FEATURE_DIM = 64
-HIDDEN = 64
-
-
-def tiny_config(assets, **overrides):
-    cfg = OmegaConf.load(TINY_YAML).model
-    cfg.llama_model = str(assets["llama_dir"])
-    cfg.vit_checkpoint = str(assets["eva_ckpt"])
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
-
-def build_model(assets, seed: int = 0, **overrides) -> MiniGPTv2:
-    torch.manual_seed(seed)
-    return MiniGPTv2.from_config(tiny_config(assets, **overrides)).eval()
 
 
 def make_samples(n: int, seed: int, instructions=None, answers=None, weights=None) -> dict:
-    generator = torch.Generator().manual_seed(seed)
     samples = {
-        "image": torch.randn(n, 3, 224, 224, generator=generator),
-        "video_features": torch.randn(n, 3, FEATURE_DIM, generator=generator),
+        **random_visual_inputs(n, seed),
         "instruction_input": list(instructions or [HCMW_INSTRUCTION] * n),
         "answer": list(answers or ["mind wandering"] * n),
     }

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from minigpt4.models.llama_tokenizer import LlamaTokenizer
+
 # The prompt texts of SPEC sections 4 and 6, spelled out here so the pin does not depend on
 # the code under test.
 HCMW_INSTRUCTION = (
@@ -62,6 +64,15 @@ def hf_tokenizer(request, tiny_assets):
 
 
 # --------------------------------------------------------------------------- tokenizer
+
+
+@pytest.mark.parametrize("piece", [*prompt_pieces(), " [/INST]", "  two leading spaces"])
+def test_the_models_tokenizer_is_plain_sentencepiece(tiny_assets, sentencepiece_model, piece):
+    """How the model loads a LLaMA folder: every piece, space-led ones included, as upstream."""
+    tokenizer = LlamaTokenizer.from_folder(tiny_assets["llama_dir"])
+    assert tokenizer.encode(piece) == sentencepiece_model.encode(piece)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (1, 2, 0)
+    assert tokenizer.pad_token_id == sentencepiece_model.piece_to_id("$$")
 
 
 @pytest.mark.parametrize("piece", prompt_pieces())

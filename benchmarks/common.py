@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from minigpt4.common.registry import registry
-from minigpt4.models.eva_vit import build_eva_vit
+from minigpt4.models.eva_vit import EVA_VARIANTS, build_eva_vit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -76,14 +77,7 @@ def register_eva_g_depth(depth: int) -> str:
     if registry.has("encoder", name):
         return name
 
-    def factory(img_size=448, drop_path_rate=0.0, use_grad_checkpoint=False, checkpoint=None, trust_checkpoint=False):
-        return build_eva_vit(
-            img_size=img_size, patch_size=14, width=1408, depth=depth, num_heads=16, mlp_ratio=4.3637,
-            drop_path_rate=drop_path_rate, use_grad_checkpoint=use_grad_checkpoint,
-            checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
-        )  # fmt: skip
-
-    registry.register_encoder(name)(factory)
+    registry.register_encoder(name)(partial(build_eva_vit, **dict(EVA_VARIANTS["eva_clip_g"], depth=depth)))
     return name
 
 

@@ -319,9 +319,10 @@ def build_encoder(
 
 
 def _builds(builder: Callable, family: type) -> bool:
-    # a builder's return annotation says what it builds, without building it
+    # a builder's return annotation says what it builds, without building it; registered
+    # variants are partials of their family's build function
     try:
-        built = typing.get_type_hints(builder).get("return")
+        built = typing.get_type_hints(getattr(builder, "func", builder)).get("return")
     except (NameError, TypeError):  # an annotation that cannot be resolved here
         return False
     return isinstance(built, type) and issubclass(built, family)

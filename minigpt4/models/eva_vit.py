@@ -183,47 +183,14 @@ def build_eva_vit(
     return model
 
 
-@registry.register_encoder("eva_clip_g")
-def eva_clip_g(
-    img_size: int = 448,
-    drop_path_rate: float = 0.0,
-    use_grad_checkpoint: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-) -> EvaViT:
-    """EVA-CLIP ViT-g/14 as MiniGPT-v2 runs it: 39 of the released 40 blocks."""
-    return build_eva_vit(
-        img_size=img_size,
-        patch_size=14,
-        width=1408,
-        depth=39,
-        num_heads=16,
-        mlp_ratio=4.3637,  # LAVIS's value: int(1408 * 4.3637) = 6144 hidden units
-        drop_path_rate=drop_path_rate,
-        use_grad_checkpoint=use_grad_checkpoint,
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-    )
-
-
-@registry.register_encoder("eva_clip_tiny")
-def eva_clip_tiny(
-    img_size: int = 224,
-    drop_path_rate: float = 0.0,
-    use_grad_checkpoint: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-) -> EvaViT:
-    """A few-kilobyte stand-in with the same layout, for tests and the demo assets."""
-    return build_eva_vit(
-        img_size=img_size,
-        patch_size=14,
-        width=32,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=2.0,  # 64 hidden units
-        drop_path_rate=drop_path_rate,
-        use_grad_checkpoint=use_grad_checkpoint,
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-    )
+# Registered variants (architecture and default input size), timm-style.  eva_clip_g is
+# EVA-CLIP ViT-g/14 as MiniGPT-v2 runs it: 39 of the released 40 blocks, and LAVIS's mlp_ratio
+# (int(1408 * 4.3637) = 6144 hidden units).  eva_clip_tiny has the same layout in a few
+# kilobytes, for tests and the demo assets.  Callers may override img_size, drop_path_rate,
+# use_grad_checkpoint, checkpoint and trust_checkpoint.
+EVA_VARIANTS = {
+    "eva_clip_g": dict(img_size=448, patch_size=14, width=1408, depth=39, num_heads=16, mlp_ratio=4.3637),
+    "eva_clip_tiny": dict(img_size=224, patch_size=14, width=32, depth=2, num_heads=4, mlp_ratio=2.0),
+}
+for _name, _architecture in EVA_VARIANTS.items():
+    registry.register_encoder(_name)(partial(build_eva_vit, **_architecture))

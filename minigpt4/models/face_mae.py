@@ -136,43 +136,13 @@ def build_face_mae(
     return model
 
 
-@registry.register_encoder("face_mae_vit_large")
-def face_mae_vit_large(
-    img_size: int = 224,
-    global_pool: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-) -> FaceMAE:
-    """MAE-Face ViT-L/16: width 1024, 24 blocks, 16 heads, 4096 MLP units."""
-    return build_face_mae(
-        img_size=img_size,
-        patch_size=16,
-        width=1024,
-        depth=24,
-        num_heads=16,
-        mlp_ratio=4.0,
-        global_pool=global_pool,
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-    )
-
-
-@registry.register_encoder("face_mae_tiny")
-def face_mae_tiny(
-    img_size: int = 64,
-    global_pool: bool = False,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-) -> FaceMAE:
-    """The same layout at a few hundred kilobytes, for tests and the demo."""
-    return build_face_mae(
-        img_size=img_size,
-        patch_size=16,
-        width=64,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=4.0,  # 256 hidden units
-        global_pool=global_pool,
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-    )
+# Registered variants (architecture and default input size), timm-style: MAE-Face ViT-L/16
+# (width 1024, 24 blocks, 16 heads, 4096 MLP units) and the same layout at a few hundred
+# kilobytes for tests and the demo.  Callers may override img_size, global_pool, checkpoint
+# and trust_checkpoint.
+FACE_MAE_VARIANTS = {
+    "face_mae_vit_large": dict(img_size=224, patch_size=16, width=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "face_mae_tiny": dict(img_size=64, patch_size=16, width=64, depth=2, num_heads=4, mlp_ratio=4.0),
+}
+for _name, _architecture in FACE_MAE_VARIANTS.items():
+    registry.register_encoder(_name)(partial(build_face_mae, **_architecture))

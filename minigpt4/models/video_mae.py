@@ -183,49 +183,17 @@ def build_video_mae(
     return model
 
 
-@registry.register_encoder("video_mae_vit_large")
-def video_mae_vit_large(
-    img_size: int = 224,
-    num_frames: int = 16,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-    fresh_fc_norm: bool = False,
-) -> VideoMAE:
-    """VideoMAE ViT-L/16, tubelet 2: width 1024, 24 blocks, 16 heads, 4096 MLP units."""
-    return build_video_mae(
-        img_size=img_size,
-        patch_size=16,
-        num_frames=num_frames,
-        tubelet_size=2,
-        width=1024,
-        depth=24,
-        num_heads=16,
-        mlp_ratio=4.0,
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-        fresh_fc_norm=fresh_fc_norm,
-    )
-
-
-@registry.register_encoder("video_mae_tiny")
-def video_mae_tiny(
-    img_size: int = 64,
-    num_frames: int = 16,
-    checkpoint: str | os.PathLike | None = None,
-    trust_checkpoint: bool = False,
-    fresh_fc_norm: bool = False,
-) -> VideoMAE:
-    """The same layout at a few hundred kilobytes, for tests and the demo."""
-    return build_video_mae(
-        img_size=img_size,
-        patch_size=16,
-        num_frames=num_frames,
-        tubelet_size=2,
-        width=64,
-        depth=2,
-        num_heads=4,
-        mlp_ratio=4.0,  # 256 hidden units
-        checkpoint=checkpoint,
-        trust_checkpoint=trust_checkpoint,
-        fresh_fc_norm=fresh_fc_norm,
-    )
+# Registered variants (architecture and default input size), timm-style: VideoMAE ViT-L/16
+# with tubelet 2 (width 1024, 24 blocks, 16 heads, 4096 MLP units) and the same layout at a
+# few hundred kilobytes for tests and the demo.  Callers may override img_size, num_frames,
+# checkpoint, trust_checkpoint and fresh_fc_norm.
+VIDEO_MAE_VARIANTS = {
+    "video_mae_vit_large": dict(
+        img_size=224, patch_size=16, num_frames=16, tubelet_size=2, width=1024, depth=24, num_heads=16, mlp_ratio=4.0
+    ),
+    "video_mae_tiny": dict(
+        img_size=64, patch_size=16, num_frames=16, tubelet_size=2, width=64, depth=2, num_heads=4, mlp_ratio=4.0
+    ),
+}
+for _name, _architecture in VIDEO_MAE_VARIANTS.items():
+    registry.register_encoder(_name)(partial(build_video_mae, **_architecture))

@@ -15,13 +15,13 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-import minigpt4
 import minigpt4.processors  # noqa: F401  (registers the processors the configs name)
 from minigpt4.common.config import check_against_defaults
 from minigpt4.common.registry import registry
 from minigpt4.datasets.datasets.base_dataset import SPLITS
 
 PROCESSOR_SPLITS = ("train", "eval")
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # minigpt4/, where configs/ lives
 
 
 class BaseDatasetBuilder:
@@ -45,7 +45,7 @@ class BaseDatasetBuilder:
 
     @classmethod
     def default_config_path(cls, config_type: str = "default") -> str:
-        return str(Path(minigpt4.__file__).parent / cls.DATASET_CONFIG_DICT[config_type])
+        return str(PACKAGE_ROOT / cls.DATASET_CONFIG_DICT[config_type])
 
     @staticmethod
     def _processor(cfg: DictConfig) -> Callable:

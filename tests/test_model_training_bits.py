@@ -115,6 +115,23 @@ def test_score_candidates_is_the_answer_log_likelihood(model):
         torch.testing.assert_close(scores[:, c], torch.stack([-x.sum() for x in ce]), rtol=1e-5, atol=1e-5)
 
 
+def test_score_candidates_with_prompts_of_different_lengths_equals_each_alone(model):
+    """Left-padded prompts and a shared prompt cache change nothing: each row scores as if alone."""
+    instructions = [
+        HCMW_INSTRUCTION,
+        "<video><VideoHere></video> <feature><FeatureHere></feature> [emotion] What is it? ",
+        "<video><VideoHere></video> <feature><FeatureHere></feature> Mind wandering? ",
+    ]
+    candidates = ["happy", *CANDIDATES]  # answers of three lengths
+    samples = make_samples(3, 9, instructions=instructions)
+    scores = model.score_candidates(samples, candidates)
+    for row in range(3):
+        single = {key: value[row : row + 1] for key, value in samples.items()}
+        for c, candidate in enumerate(candidates):
+            (ce,) = hand_loss_terms(model, {**single, "answer": [candidate]})
+            torch.testing.assert_close(scores[row, c], -ce.sum(), rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- trainable set
 
 

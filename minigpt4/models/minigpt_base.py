@@ -108,19 +108,46 @@ class MiniGPTBase(BaseModel):
     # ---- classification by candidate scoring ------------------------------------------------
     @torch.no_grad()
     def score_candidates(self, samples: dict, candidates: Sequence[str]) -> torch.Tensor:
-        """Log-likelihood of each candidate answer (with its end symbol) -> [B, C]."""
+        """Log-likelihood of each candidate answer (with its end symbol) -> [B, C].
+
+        The prompts run once (left-padded, so every answer starts at the same column); the
+        cache is then repeated per candidate and all answers are scored in one short pass.
+        """
+        from transformers import DynamicCache
+
         visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
-        prompts = [self.layout.prompt_ids(text) for text in samples["instruction_input"]]
-        answer_ids = [self.layout.answer_ids(c) for c in candidates]
-        n_cand = len(candidates)
-        layout = self.layout.batch([p for p in prompts for _ in range(n_cand)], answer_ids * len(prompts))
-        embeds = self.embed_layout(layout, visual.repeat_interleave(n_cand, dim=0))
-        hidden = self._decode(embeds, layout.attention_mask).last_hidden_state
-        logits, labels, where = self._answer_token_logits(hidden, layout.targets)
-        token_logp = -F.cross_entropy(logits, labels, reduction="none")
-        rows = torch.arange(where.shape[0], device=where.device)[:, None].expand(where.shape)[where]
-        scores = torch.zeros(where.shape[0], device=token_logp.device).index_add_(0, rows, token_logp)
-        return scores.view(len(prompts), n_cand)
+        layout = self.layout.batch([self.layout.prompt_ids(t) for t in samples["instruction_input"]], left_pad=True)
+        embeds = self.embed_layout(layout, visual)
+        mask = layout.attention_mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.causal_lm.config)
+        last = self._decode(embeds, mask, position_ids=positions, cache=cache, use_cache=True).last_hidden_state[:, -1:]
+
+        n_samples, n_cand = embeds.shape[0], len(candidates)
+        answers = [self.layout.answer_ids(c) for c in candidates]
+        length = max(len(a) for a in answers)
+        ids = torch.full((n_cand, length), self.layout.pad_id, dtype=torch.long, device=self.device)
+        answer_mask = torch.zeros((n_cand, length), dtype=torch.long, device=self.device)
+        for row, answer in enumerate(answers):  # right-padded: nothing after a padded token is scored
+            ids[row, : len(answer)] = torch.tensor(answer, device=self.device)
+            answer_mask[row, : len(answer)] = 1
+        ids, answer_mask = ids.repeat(n_samples, 1), answer_mask.repeat(n_samples, 1)  # row b * C + c
+        hidden = last.repeat_interleave(n_cand, dim=0)  # predicts the first answer token
+        if length > 1:
+            cache.batch_repeat_interleave(n_cand)
+            steps = torch.arange(1, length, device=self.device)
+            rest = self._decode(
+                self.embed_tokens(ids[:, :-1]),
+                torch.cat([mask.repeat_interleave(n_cand, dim=0), answer_mask[:, :-1]], dim=1),
+                position_ids=positions[:, -1:].repeat_interleave(n_cand, dim=0) + steps,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state
+            hidden = torch.cat([hidden, rest], dim=1)  # [B * C, length, H]
+        with self.maybe_autocast():
+            logits = self.causal_lm.lm_head(hidden)
+        token_logp = logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return (token_logp * answer_mask).sum(-1).view(n_samples, n_cand)
 
     # ---- features ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -60,6 +61,23 @@ class BaseModel(nn.Module):
         return resolve_dtype(self.precision, self.device)
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No per-tensor progress bar while loading, and no FutureWarning that peft (not this
+    project) triggers by reading ``is_gradient_checkpointing``; both only clutter run logs."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_llm(
     llama_model: str,
     precision: str,
@@ -89,7 +107,8 @@ def load_llm(
         from transformers import BitsAndBytesConfig
 
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": torch.cuda.current_device()})
-    llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    with quiet_transformers():
+        llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if len(tokenizer) > llm.config.vocab_size:
         raise ValueError(
             f"model.llama_model: the tokenizer in {folder} has {len(tokenizer)} pieces but the LLM only "
@@ -113,7 +132,8 @@ def load_llm(
             bias="none",
             task_type="CAUSAL_LM",
         )
-        llm = get_peft_model(llm, config)
+        with quiet_transformers():
+            llm = get_peft_model(llm, config)
     return llm, tokenizer
 
 

@@ -61,11 +61,7 @@ def test_torchrun_two_processes_trains_and_validates_every_clip(tiny_assets, tmp
     assert json.loads((out / "summary.json").read_text())["folds"]["1"] == metrics["best"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("MINIGPT4_DEMO_TRAIN_TEST") != "1",
-    reason="1.5-4 min on 2 CPU cores; set MINIGPT4_DEMO_TRAIN_TEST=1 to run it",
-)
+@pytest.mark.slow  # about 25 s on 2 idle CPU cores
 def test_demo_config_as_is_learns_every_fold(tiny_assets, tmp_path):
     command = [sys.executable, "train.py", "--cfg-path", "train_configs/demo.yaml", "--options", "run.tensorboard=false"]
     done = subprocess.run(command, cwd=REPO_ROOT, env=demo_env(tiny_assets, tmp_path), capture_output=True,

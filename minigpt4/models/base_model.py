@@ -51,10 +51,11 @@ class BaseModel(nn.Module):
         return next(self.parameters()).device
 
     def maybe_autocast(self, dtype: torch.dtype | None = None):
-        """bf16/fp16 autocast on GPU; a no-op on CPU, where everything is fp32."""
-        if self.device.type != "cuda":
+        """bf16/fp16 autocast on GPU; a no-op on CPU and for fp32, where nothing is cast."""
+        dtype = dtype or self.compute_dtype
+        if self.device.type != "cuda" or dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype or self.compute_dtype)
+        return torch.autocast("cuda", dtype=dtype)
 
     @property
     def compute_dtype(self) -> torch.dtype:

@@ -11,11 +11,9 @@ import sys
 from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
-    build_encoder,
-    describe_summary,
     extract_video_mae_features,
     extraction_argument_parser,
-    list_clips,
+    run_extraction,
 )
 from minigpt4.models.video_mae import VideoMAE
 
@@ -30,22 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        model = build_encoder(
-            args.model, VideoMAE, args.checkpoint, args.trust_checkpoint, fresh_fc_norm=args.fresh_fc_norm
-        )
-        summary = extract_video_mae_features(
-            model,
-            list_clips(args.input, exclude=args.output),
-            args.output,
-            feature_level=args.feature_level,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            skip_bad=args.skip_bad,
+        summary = run_extraction(
+            args, VideoMAE, extract_video_mae_features, encoder_options={"fresh_fc_norm": args.fresh_fc_norm}
         )
     except EXTRACTION_ERRORS as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(describe_summary(summary, args.output))
+    print(summary)
     return 0
 
 

@@ -11,11 +11,9 @@ import sys
 from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
-    build_encoder,
-    describe_summary,
     extract_face_mae_features,
     extraction_argument_parser,
-    list_clips,
+    run_extraction,
 )
 from minigpt4.models.face_mae import FaceMAE
 
@@ -30,22 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        model = build_encoder(args.model, FaceMAE, args.checkpoint, args.trust_checkpoint, global_pool=args.global_pool)
-        summary = extract_face_mae_features(
-            model,
-            list_clips(args.input, exclude=args.output),
-            args.output,
-            feature_level=args.feature_level,
-            max_frames=args.max_frames,
-            device=args.device,
-            batch_size=args.batch_size,
-            frames_per_forward=args.frames_per_forward,
-            num_workers=args.num_workers,
-            skip_bad=args.skip_bad,
+        summary = run_extraction(
+            args,
+            FaceMAE,
+            extract_face_mae_features,
+            encoder_options={"global_pool": args.global_pool},
+            extract_options={"max_frames": args.max_frames, "frames_per_forward": args.frames_per_forward},
         )
     except EXTRACTION_ERRORS as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(describe_summary(summary, args.output))
+    print(summary)
     return 0
 
 

@@ -361,6 +361,30 @@ def extraction_argument_parser(description: str, default_model: str) -> argparse
     return parser
 
 
+def run_extraction(
+    args: argparse.Namespace,
+    family: type[torch.nn.Module],
+    extract: Callable[..., "ExtractionSummary"],
+    encoder_options: dict | None = None,
+    extract_options: dict | None = None,
+) -> str:
+    """What both extraction commands do once parsed: build the encoder, extract every clip of
+    ``args.input`` into ``args.output``, and return the summary line."""
+    model = build_encoder(args.model, family, args.checkpoint, args.trust_checkpoint, **(encoder_options or {}))
+    summary = extract(
+        model,
+        list_clips(args.input, exclude=args.output),
+        args.output,
+        feature_level=args.feature_level,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        skip_bad=args.skip_bad,
+        **(extract_options or {}),
+    )
+    return describe_summary(summary, args.output)
+
+
 def describe_summary(summary: ExtractionSummary, output_dir: str | os.PathLike) -> str:
     line = f"{summary.done} clips written, {summary.already_present} already present"
     if summary.skipped:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.registry import registry
 from minigpt4.models.eva_vit import eva_checkpoint_filter, load_eva_checkpoint
+from vit_weights import random_block, random_tensors
 
 # the tiny registered encoder; the released-layout file below has one block more and an
 # 8x8 position table, as the released eva_vit_g.pth has for ViT-g (40 blocks, 16x16)
@@ -19,10 +20,7 @@ MODEL_DEPTH, FILE_DEPTH, FILE_GRID = 2, 3, 8
 
 def released_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """A LAVIS-layout EVA state dict with every tensor random, norms and biases included."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1, offset=0.0):
-        return offset + scale * torch.randn(*shape, generator=gen)
+    rand = random_tensors(seed)
 
     sd = {
         "cls_token": rand(1, 1, WIDTH, scale=1.0),
@@ -31,22 +29,7 @@ def released_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         "patch_embed.proj.bias": rand(WIDTH),
     }
     for i in range(FILE_DEPTH):
-        p = f"blocks.{i}."
-        sd |= {
-            p + "norm1.weight": rand(WIDTH, offset=1.0),
-            p + "norm1.bias": rand(WIDTH),
-            p + "attn.qkv.weight": rand(3 * WIDTH, WIDTH, scale=0.3),
-            p + "attn.q_bias": rand(WIDTH),
-            p + "attn.v_bias": rand(WIDTH),
-            p + "attn.proj.weight": rand(WIDTH, WIDTH),
-            p + "attn.proj.bias": rand(WIDTH),
-            p + "norm2.weight": rand(WIDTH, offset=1.0),
-            p + "norm2.bias": rand(WIDTH),
-            p + "mlp.fc1.weight": rand(MLP_HIDDEN, WIDTH),
-            p + "mlp.fc1.bias": rand(MLP_HIDDEN),
-            p + "mlp.fc2.weight": rand(WIDTH, MLP_HIDDEN),
-            p + "mlp.fc2.bias": rand(WIDTH),
-        }
+        sd |= random_block(rand, f"blocks.{i}.", WIDTH, MLP_HIDDEN, qv_bias=True)
     return sd
 
 

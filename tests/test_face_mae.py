@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.registry import registry
 from minigpt4.models.face_mae import face_mae_checkpoint_filter, load_face_mae_checkpoint
+from vit_weights import random_block, random_tensors
 
 # the registered tiny FaceMAE: 64x64 input, 16x16 patches -> a 4x4 grid
 WIDTH, DEPTH, HEADS, MLP_HIDDEN, PATCH, GRID = 64, 2, 4, 256, 16, 4
@@ -17,10 +18,7 @@ DECODER_WIDTH = 32
 
 def mae_state_dict(seed: int = 0, grid: int = GRID, fc_norm: bool = False) -> dict[str, torch.Tensor]:
     """An MAE pre-training state dict (encoder + decoder + mask token), every tensor random."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1, offset=0.0):
-        return offset + scale * torch.randn(*shape, generator=gen)
+    rand = random_tensors(seed)
 
     sd = {
         "cls_token": rand(1, 1, WIDTH, scale=1.0),
@@ -38,21 +36,7 @@ def mae_state_dict(seed: int = 0, grid: int = GRID, fc_norm: bool = False) -> di
         "decoder_pred.weight": rand(PATCH * PATCH * 3, DECODER_WIDTH),
     }
     for i in range(DEPTH):
-        p = f"blocks.{i}."
-        sd |= {
-            p + "norm1.weight": rand(WIDTH, offset=1.0),
-            p + "norm1.bias": rand(WIDTH),
-            p + "attn.qkv.weight": rand(3 * WIDTH, WIDTH, scale=0.3),
-            p + "attn.qkv.bias": rand(3 * WIDTH),
-            p + "attn.proj.weight": rand(WIDTH, WIDTH),
-            p + "attn.proj.bias": rand(WIDTH),
-            p + "norm2.weight": rand(WIDTH, offset=1.0),
-            p + "norm2.bias": rand(WIDTH),
-            p + "mlp.fc1.weight": rand(MLP_HIDDEN, WIDTH),
-            p + "mlp.fc1.bias": rand(MLP_HIDDEN),
-            p + "mlp.fc2.weight": rand(WIDTH, MLP_HIDDEN),
-            p + "mlp.fc2.bias": rand(WIDTH),
-        }
+        sd |= random_block(rand, f"blocks.{i}.", WIDTH, MLP_HIDDEN, qv_bias=False)
     if fc_norm:
         sd |= {"fc_norm.weight": rand(WIDTH, offset=1.0), "fc_norm.bias": rand(WIDTH)}
     return sd

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.registry import registry
 from minigpt4.models.video_mae import load_video_mae_checkpoint, sinusoid_position_table
+from vit_weights import random_block, random_tensors
 
 # the registered tiny VideoMAE: 16 frames of 64x64, tubelets of 2 x 16 x 16 -> 8 x 4 x 4 tokens
 WIDTH, DEPTH, HEADS, MLP_HIDDEN, PATCH, TUBELET, FRAMES, SIZE = 64, 2, 4, 256, 16, 2, 16, 64
@@ -27,10 +28,7 @@ def numpy_sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
 
 def encoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """VideoMAE encoder tensors in the original names, every one random."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=0.1, offset=0.0):
-        return offset + scale * torch.randn(*shape, generator=gen)
+    rand = random_tensors(seed)
 
     sd = {
         "patch_embed.proj.weight": rand(WIDTH, 3, TUBELET, PATCH, PATCH, scale=0.05),
@@ -39,22 +37,7 @@ def encoder_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         "fc_norm.bias": rand(WIDTH),
     }
     for i in range(DEPTH):
-        p = f"blocks.{i}."
-        sd |= {
-            p + "norm1.weight": rand(WIDTH, offset=1.0),
-            p + "norm1.bias": rand(WIDTH),
-            p + "attn.qkv.weight": rand(3 * WIDTH, WIDTH, scale=0.3),
-            p + "attn.q_bias": rand(WIDTH),
-            p + "attn.v_bias": rand(WIDTH),
-            p + "attn.proj.weight": rand(WIDTH, WIDTH),
-            p + "attn.proj.bias": rand(WIDTH),
-            p + "norm2.weight": rand(WIDTH, offset=1.0),
-            p + "norm2.bias": rand(WIDTH),
-            p + "mlp.fc1.weight": rand(MLP_HIDDEN, WIDTH),
-            p + "mlp.fc1.bias": rand(MLP_HIDDEN),
-            p + "mlp.fc2.weight": rand(WIDTH, MLP_HIDDEN),
-            p + "mlp.fc2.bias": rand(WIDTH),
-        }
+        sd |= random_block(rand, f"blocks.{i}.", WIDTH, MLP_HIDDEN, qv_bias=True)
     return sd
 
 

@@ -4,7 +4,6 @@ import csv
 import importlib.util
 from pathlib import Path
 
-import av
 import decord
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from minigpt4.features.encoder_extract import (
     frames_to_model_input,
     list_clips,
 )
+from synthetic_clips import smooth_frames as _smooth_frames, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH_PX = 48, 64
@@ -31,27 +31,10 @@ HEIGHT, WIDTH_PX = 48, 64
 CODEC_RELATIVE_TOLERANCE = 0.015
 
 
+
+
 def smooth_frames(num_frames: int, height: int = HEIGHT, width: int = WIDTH_PX, seed: int = 0) -> np.ndarray:
-    """uint8 [T, H, W, 3] of slowly moving colour waves: every frame differs, codecs cope."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    waves = rng.uniform(0.3, 1.5, size=(3, 3))
-    frames = [
-        np.stack([128 + 100 * np.sin(2 * np.pi * (fx * x + fy * y) + phase + 0.3 * t) for fx, fy, phase in waves], -1)
-        for t in range(num_frames)
-    ]
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
-
-
-def write_video(path: Path, frames: np.ndarray) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt, stream.bit_rate, stream.thread_count = "yuv420p", 50_000_000, 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    return _smooth_frames(num_frames, height, width, seed)
 
 
 def write_folder(folder: Path, frames: np.ndarray) -> Path:

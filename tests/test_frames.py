@@ -15,6 +15,7 @@ from minigpt4.datasets.frames import (
     uniform_frame_indices,
     videomae_frame_indices,
 )
+from synthetic_clips import smooth_frames, write_video
 
 # mpeg4 at a high bit rate: chroma subsampling (yuv420p) and YUV rounding leave a few grey
 # levels of loss on these smooth frames; measured mean ~3.6, so 6 leaves room across
@@ -22,26 +23,6 @@ from minigpt4.datasets.frames import (
 VIDEO_MEAN_ABS_TOLERANCE = 6.0
 
 
-def smooth_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """uint8 [T, H, W, 3] of slowly moving colour waves: every frame differs, codecs cope."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    waves = rng.uniform(0.3, 1.5, size=(3, 3))
-    frames = [
-        np.stack([128 + 100 * np.sin(2 * np.pi * (fx * x + fy * y) + phase + 0.3 * t) for fx, fy, phase in waves], -1)
-        for t in range(num_frames)
-    ]
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
-
-
-def write_video(path, frames: np.ndarray) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt, stream.bit_rate, stream.thread_count = "yuv420p", 50_000_000, 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def write_folder(folder, frames: np.ndarray) -> None:

@@ -7,7 +7,9 @@ a run writes anything) and again when an item is fetched.  A problem is raised a
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image
@@ -23,19 +25,29 @@ def check_image(path: Path) -> None:
     """Raise :class:`UnusableFile` unless ``path`` is an image PIL can decode in full."""
     if not path.is_file():
         raise UnusableFile("missing image")
+    _check_decodes(lambda: Image.open(path))
+
+
+def check_image_bytes(data: bytes) -> None:
+    """:func:`check_image` for an image held in memory (a shard's PNG)."""
+    _check_decodes(lambda: Image.open(io.BytesIO(data)))
+
+
+def _check_decodes(open_image: Callable[[], Image.Image]) -> None:
     try:
         # verify() checks the file's structure and checksums but leaves the image unusable,
         # and does not catch truncated pixel data; a second open decodes every pixel.
-        with Image.open(path) as image:
+        with open_image() as image:
             image.verify()
-        with Image.open(path) as image:
+        with open_image() as image:
             image.load()
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... depending on the damage
         raise UnusableFile(f"unreadable image: {exc}") from exc
 
 
-def open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
+def open_rgb(source: Path | BinaryIO) -> Image.Image:
+    """The image of a file, or of an open binary stream (``io.BytesIO`` of a shard's PNG)."""
+    with Image.open(source) as image:
         return image.convert("RGB")
 
 
@@ -43,8 +55,17 @@ def read_vector(path: Path, dim: int) -> np.ndarray:
     """The float32 vector (dim,) stored at ``path`` as (dim,) or (1, dim), all values finite."""
     if not path.is_file():
         raise UnusableFile("missing feature vector")
+    return _checked_vector(path, dim)
+
+
+def vector_from_bytes(data: bytes, dim: int) -> np.ndarray:
+    """:func:`read_vector` for ``.npy`` bytes held in memory (a shard's vector)."""
+    return _checked_vector(io.BytesIO(data), dim)
+
+
+def _checked_vector(source: Path | BinaryIO, dim: int) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(source, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise UnusableFile(f"not a readable .npy array: {exc}") from exc
     if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name

@@ -4,17 +4,19 @@
 
 Writes, only under OUT_DIR:
 
-- ``llama/``: a Hugging Face LLaMA folder (SentencePiece BPE tokenizer trained on the
-  project's own prompt texts + random tiny weights); ``tokenizer/`` holds its tokenizer only;
+- ``llama/``: a Hugging Face LLaMA folder (a SentencePiece tokenizer that splits the project's
+  fixed prompt texts exactly as LLaMA-2's does + random tiny weights); ``tokenizer/`` holds
+  its tokenizer only;
 - ``weights/``: EVA ViT-g, MAE-Face and VideoMAE checkpoints in the released file layouts
   (names and nesting as the real files, tiny shapes, random values);
-- ``hcmw/``: a mind-wandering dataset (annotation CSV, videos, face frames, peak frames,
+- ``hubert/``: a Hugging Face HuBERT folder (random tiny weights, feature extractor config);
+- ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
   FaceMAE/VideoMAE vectors) whose drawn faces depend on the label;
 - ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors).
 
 With the same seed and library versions, every file is byte-identical from run to run
 (videos included: the encoder and muxer run single-threaded in bit-exact mode). The
-tokenizer depends on the prompt texts only, not on the seed.
+tokenizer depends on the listed LLaMA-2 splits only, not on the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import io
 import json
 import time
 from dataclasses import dataclass, replace
@@ -33,30 +34,14 @@ import numpy as np
 import sentencepiece as spm
 import torch
 from PIL import Image
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import HubertConfig, HubertModel, LlamaConfig, LlamaForCausalLM, Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging
 
 # --------------------------------------------------------------------------- prompt texts
 
-HCMW_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
-    "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
-)
 HCMW_ANSWERS = {"MW": "mind wandering", "NonMW": "non-mind wandering"}
 HCMW_LABELS = tuple(HCMW_ANSWERS)
 EMOTIONS = ("neutral", "angry", "happy", "sad", "worried", "surprise", "fear", "contempt", "doubt")
-EMOTION_QUESTIONS = (
-    "Please determine which emotion label in the video represents: "
-    "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt.",
-    "Identify the displayed emotion in the video: is it happy, sad, neutral, angry, worried, "
-    "surprise, fear, contempt or doubt?",
-    "Determine the emotional state shown in the video, choosing from happy, sad, neutral, "
-    "angry, worried, surprise, fear, contempt or doubt.",
-)
-MER_INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> {line}[emotion] {question} "
-MER_TRANSCRIPT_LINE = "The person in video says: {sentence}. "
-CHAT_TEMPLATE = "[INST] {} [/INST]"
-CONVERSATION_TEMPLATE = "<s>[INST] {} [/INST]"
 TRANSCRIPT_SENTENCES = (
     "I did not expect that at all",
     "This is the best day of my life",
@@ -72,10 +57,63 @@ TRANSCRIPT_SENTENCES = (
     "You really think that is clever",
 )
 
+# How LLaMA-2's SentencePiece splits the fixed prompt texts (SPEC section 4), as
+# (text, its pieces separated by single spaces).  The tiny tokenizer is built so that it
+# splits every one of them the same way: absolute token positions then mean on the demo
+# what they mean on the real weights.  A text is encoded on its own (dummy prefix "▁" added).
+LLAMA2_SPLITS = (
+    # hcmw (SPEC section 6), pieces of the instruction around its two slots, plain and in the chat template
+    ("<video>", "▁< video >"),
+    ("[INST] <video>", "▁[ INST ] ▁< video >"),
+    ("</video> <feature>", "▁</ video > ▁< feature >"),
+    (
+        "</feature> [classification] Please classify the video into one of these categories: "
+        "mind wandering or non-mind wandering. ",
+        "▁</ feature > ▁[ class ification ] ▁Please ▁class ify ▁the ▁video ▁into ▁one ▁of ▁these "
+        "▁categories : ▁mind ▁wand ering ▁or ▁non - mind ▁wand ering . ▁",
+    ),
+    (
+        "</feature> [classification] Please classify the video into one of these categories: "
+        "mind wandering or non-mind wandering.  [/INST]",
+        "▁</ feature > ▁[ class ification ] ▁Please ▁class ify ▁the ▁video ▁into ▁one ▁of ▁these "
+        "▁categories : ▁mind ▁wand ering ▁or ▁non - mind ▁wand ering . ▁ ▁[ / INST ]",
+    ),
+    ("mind wandering", "▁mind ▁wand ering"),
+    ("non-mind wandering", "▁non - mind ▁wand ering"),
+    # the chat template's closing part, and its opening after a special token when the
+    # folder says "legacy": false (no "▁" in front of "[")
+    (" [/INST]", "▁ ▁[ / INST ]"),
+)
+# MER (SPEC section 6): the fixed text after ``<FeatureHere>``, before and after the clip's
+# transcript sentence (which keeps its own pieces), for both datasets' questions.
+MER_SPLIT_BEFORE_SENTENCE = ("</feature> The person in video says:", "▁</ feature > ▁The ▁person ▁in ▁video ▁says :")
+MER_SPLITS_AFTER_SENTENCE = (
+    (
+        ".  [emotion] Please determine which emotion label in the video represents: "
+        "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt. ",
+        ". ▁ ▁[ em otion ] ▁Please ▁determine ▁which ▁emotion ▁label ▁in ▁the ▁video ▁represents : "
+        "▁happy , ▁sad , ▁neutral , ▁angry , ▁worried , ▁surprise , ▁fear , ▁cont empt , ▁doubt . ▁",
+    ),
+    (
+        ".  [emotion] Please determine which emotion label in the video represents: "
+        "happy, sad, neutral, angry, worried, surprise. ",
+        ". ▁ ▁[ em otion ] ▁Please ▁determine ▁which ▁emotion ▁label ▁in ▁the ▁video ▁represents : "
+        "▁happy , ▁sad , ▁neutral , ▁angry , ▁worried , ▁surprise . ▁",
+    ),
+)
+# Text right after a special token (``<s>[INST] ...``) is encoded without the dummy prefix by
+# a tokenizer whose folder says ``"legacy": false``; these are its pieces then.
+LLAMA2_SPLITS_AFTER_SPECIAL = (("[INST] <video>", "[ INST ] ▁< video >"),)
+
 # --------------------------------------------------------------------------- sizes
 
-TOKENIZER_VOCAB_SIZE = 400  # > 259 = 3 specials + 256 byte-fallback pieces
-PAD_PIECE = "$$"  # the pad token the model uses; a learned piece, as in LLaMA-2's vocabulary
+TOKENIZER_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2, then 256 byte pieces, as in LLaMA-2
+PAD_PIECE = "$$"  # the pad token the model uses; a normal piece, not a special token, as in LLaMA-2
+# Unigram scores: the Viterbi split maximises their sum, so a text covered by listed pieces is
+# split into the fewest of them, and single characters (and bytes, for anything else) are
+# used only where no listed piece fits.
+PROMPT_PIECE_SCORE = -1.0
+CHARACTER_PIECE_SCORE = -10.0
 LLAMA_CONFIG = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -92,7 +130,23 @@ LLAMA_CONFIG = dict(
 )
 INIT_STD = 0.02
 LM_HEAD_SCALE = 15.0
-FEATURE_DIM = 64  # width of the tiny FaceMAE / VideoMAE encoders
+FEATURE_DIM = 64  # width of the tiny FaceMAE / VideoMAE / HuBERT encoders
+# HuBERT-large's architecture (layer-norm conv front end, stable layer norm, as the upstream
+# Chinese HuBERT-large) at tiny widths; the conv kernels and strides stay: 50 frames per second.
+HUBERT_CONFIG = dict(
+    hidden_size=FEATURE_DIM,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
+    conv_bias=True,
+)
+AUDIO_SAMPLE_RATE = 16_000
+AUDIO_TONE_HZ = {"MW": 220.0, "NonMW": 660.0}  # the demo clips' sound carries the label
 
 FRAME_SIZE = 96
 VIDEO_FPS = 25
@@ -105,67 +159,85 @@ MER_FRAMES = 16
 MER_AVI_CLIPS = (3, 8)  # clip indices written as .avi instead of .mp4
 
 # Independent random streams, one per part, so a change in one part leaves the others alone.
-PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer")
+PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer", "hubert")
 
 
 # =========================================================================== tokenizer
 
 
-def tokenizer_training_text() -> list[str]:
-    """The project's prompt texts (plain and in the chat templates), the answers and the labels.
+def _pieces(split: str) -> list[str]:
+    return split.split(" ")
 
-    The weights make BPE learn whole pieces for the hcmw prompt, its answers, the emotion
-    words and the pad piece ``$$`` (a learned piece, not a special token, as in LLaMA-2).
+
+def tokenizer_pieces() -> list[str]:
+    """The normal pieces in id order: those of the LLaMA-2 splits, the pad piece, single characters.
+
+    Single printable ASCII characters let any other text (a transcript sentence, a generated
+    answer) be split into pieces; whatever is left falls back to bytes.
     """
-    hcmw = [
-        HCMW_INSTRUCTION,
-        CHAT_TEMPLATE.format(HCMW_INSTRUCTION),
-        CONVERSATION_TEMPLATE.format(HCMW_INSTRUCTION),
-        *HCMW_ANSWERS.values(),
-    ]
-    mer = [
-        MER_INSTRUCTION.format(line=MER_TRANSCRIPT_LINE.format(sentence=sentence), question=question)
-        for sentence in TRANSCRIPT_SENTENCES
-        for question in EMOTION_QUESTIONS
-    ]
-    words = [" ".join(EMOTIONS), PAD_PIECE.join(EMOTIONS)]
-    return hcmw * 20 + mer + [CHAT_TEMPLATE.format(text) for text in mer] + words * 40
+    splits = [*LLAMA2_SPLITS, MER_SPLIT_BEFORE_SENTENCE, *MER_SPLITS_AFTER_SENTENCE, *LLAMA2_SPLITS_AFTER_SPECIAL]
+    prompt = [piece for _, split in splits for piece in _pieces(split)]
+    characters = [chr(code) for code in range(0x21, 0x7F)]
+    return list(dict.fromkeys([*prompt, PAD_PIECE, *characters]))  # first occurrence fixes the id
 
 
-def train_tokenizer() -> spm.SentencePieceProcessor:
-    """A SentencePiece BPE model with LLaMA-2's settings, trained in memory."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_training_text()),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=TOKENIZER_VOCAB_SIZE,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        num_threads=1,
-        minloglevel=2,
-    )
-    tokenizer = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    if tokenizer.piece_to_id(PAD_PIECE) == tokenizer.unk_id():
-        raise RuntimeError(f"the trained tokenizer has no {PAD_PIECE!r} piece; add it to the training text")
+def tokenizer_model_proto(add_dummy_prefix: bool = True) -> bytes:
+    """A SentencePiece unigram model normalising like LLaMA-2's, built piece by piece.
+
+    Identity normalisation (no NFKC), whitespace kept as it is, the dummy prefix "▁" and
+    byte fallback.  Built rather than trained, so the splits are the listed ones by
+    construction and the bytes never change.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    Piece = model_pb2.ModelProto.SentencePiece
+    proto = model_pb2.ModelProto()
+    unk, bos, eos = TOKENIZER_SPECIALS
+    proto.pieces.add(piece=unk, score=0.0, type=Piece.UNKNOWN)
+    for special in (bos, eos):
+        proto.pieces.add(piece=special, score=0.0, type=Piece.CONTROL)
+    for byte in range(256):
+        proto.pieces.add(piece=f"<0x{byte:02X}>", score=0.0, type=Piece.BYTE)
+    for piece in tokenizer_pieces():
+        score = CHARACTER_PIECE_SCORE if len(piece) == 1 and piece != "▁" else PROMPT_PIECE_SCORE
+        proto.pieces.add(piece=piece, score=score, type=Piece.NORMAL)
+    trainer = proto.trainer_spec
+    trainer.model_type = model_pb2.TrainerSpec.UNIGRAM
+    trainer.vocab_size = len(proto.pieces)
+    trainer.byte_fallback = True
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = 0, 1, 2, -1
+    trainer.unk_piece, trainer.bos_piece, trainer.eos_piece = unk, bos, eos
+    normalizer = proto.normalizer_spec
+    normalizer.name = "identity"
+    normalizer.add_dummy_prefix = add_dummy_prefix
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def build_tokenizer() -> spm.SentencePieceProcessor:
+    """The tiny tokenizer, checked against every LLaMA-2 split it must reproduce."""
+    tokenizer = spm.SentencePieceProcessor(model_proto=tokenizer_model_proto())
+    without_prefix = spm.SentencePieceProcessor(model_proto=tokenizer_model_proto(add_dummy_prefix=False))
+    expected = [(tokenizer, text, _pieces(split)) for text, split in LLAMA2_SPLITS]
+    expected += [(without_prefix, text, _pieces(split)) for text, split in LLAMA2_SPLITS_AFTER_SPECIAL]
+    before_text, before_split = MER_SPLIT_BEFORE_SENTENCE
+    for sentence in TRANSCRIPT_SENTENCES:
+        for after_text, after_split in MER_SPLITS_AFTER_SENTENCE:
+            pieces = _pieces(before_split) + tokenizer.encode(sentence, out_type=str) + _pieces(after_split)
+            expected.append((tokenizer, f"{before_text} {sentence}{after_text}", pieces))
+    for processor, text, pieces in expected:
+        got = processor.encode(text, out_type=str)
+        if got != pieces:
+            raise RuntimeError(f"the tiny tokenizer splits {text!r} into {got}, LLaMA-2 into {pieces}")
     return tokenizer
 
 
 def write_tokenizer_files(folder: Path, model_proto: bytes) -> None:
-    """``tokenizer.model`` + configs that make ``AutoTokenizer`` a LLaMA-2 (legacy) tokenizer.
+    """``tokenizer.model`` + the configs of a LLaMA-2 folder as shipped.
 
-    No ``tokenizer.json``: transformers builds the fast tokenizer from ``tokenizer.model``, and
-    its ``LlamaTokenizer`` rebuilds normalizer and pre-tokenizer itself even when one is present.
-    ``legacy`` keeps upstream's reading of ``<s>`` / ``</s>`` written in the text: the special
-    id, then the next piece with its own "▁" prefix.
+    ``"legacy": true`` as in Llama-2-7b-chat-hf: text right after a special token written in
+    the text (``<s>[INST]``) keeps its "▁" prefix.  The model's tokenizer wrapper reads it.
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.model").write_bytes(model_proto)
@@ -214,6 +286,36 @@ def _transformers_progress_bars_off():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+# =========================================================================== HuBERT
+
+
+def write_tiny_hubert(folder: Path, seed: int) -> None:
+    """A random ``HubertModel`` at tiny size (safetensors) + the feature extractor config of
+    HuBERT-large (16 kHz, ``do_normalize``)."""
+    with torch.random.fork_rng(devices=[]):  # the model's init draws from the global generator
+        torch.manual_seed(seed)
+        model = HubertModel(HubertConfig(**HUBERT_CONFIG))
+    # Norms and biases start at exactly 1 / 0; make them random so a loader that drops one is caught.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(INIT_STD * torch.randn(param.shape, generator=generator))
+    with _transformers_progress_bars_off():
+        model.save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=AUDIO_SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(folder)
+
+
+def tone_track(label: str, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 mono: the label's tone at a per-clip loudness, a little noise."""
+    t = np.arange(num_samples) / AUDIO_SAMPLE_RATE
+    loudness = rng.uniform(0.2, 0.5)
+    wave = loudness * np.sin(2 * np.pi * AUDIO_TONE_HZ[label] * t + rng.uniform(0, 2 * np.pi))
+    return (wave + rng.normal(0.0, 0.02, num_samples)).astype(np.float32)
 
 
 # =========================================================================== checkpoints
@@ -564,7 +666,7 @@ def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     out_dir = Path(out_dir)
     seeds = part_seeds(seed)
     paths = {"llama_dir": out_dir / "llama", "tokenizer_dir": out_dir / "tokenizer"}
-    tokenizer = train_tokenizer()
+    tokenizer = build_tokenizer()
     for folder in (paths["llama_dir"], paths["tokenizer_dir"]):
         write_tokenizer_files(folder, tokenizer.serialized_model_proto())
     write_tiny_llama(paths["llama_dir"], tokenizer.vocab_size(), seeds["llama"])

@@ -1,4 +1,4 @@
-"""The generated tiny assets: tokenizer pin, loadable weights, determinism, dataset layouts."""
+"""The generated tiny assets: loadable weights, determinism, dataset layouts (the tokenizer: test_tokenizer_pieces)."""
 
 from __future__ import annotations
 
@@ -13,103 +13,23 @@ import pytest
 import sentencepiece as spm
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from minigpt4.models.llama_tokenizer import LlamaTokenizer
 
-# The prompt texts of SPEC sections 4 and 6, spelled out here so the pin does not depend on
-# the code under test.
 HCMW_INSTRUCTION = (
     "<video><VideoHere></video> <feature><FeatureHere></feature> [classification] "
     "Please classify the video into one of these categories: mind wandering or non-mind wandering. "
 )
-MER_INSTRUCTION = (
-    "<video><VideoHere></video> <feature><FeatureHere></feature> "
-    "The person in video says: I am worried about the exam. [emotion] "
-    "Please determine which emotion label in the video represents: "
-    "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt. "
-)
 EMOTIONS = ("neutral", "angry", "happy", "sad", "worried", "surprise", "fear", "contempt", "doubt")
-ANSWERS = ("mind wandering", "non-mind wandering", *EMOTIONS)
-CHAT_TEMPLATE = "[INST] {} [/INST]"
-CONVERSATION_TEMPLATE = "<s>[INST] {} [/INST]"  # legacy generation context (BOS written as text)
 
 # Decoded video frames vs. the PNG frames: the yuv420p round trip alone costs ~3 grey levels
 # of mean absolute error on these drawn faces, the MPEG-4 encoding ~1 more.
 VIDEO_FRAME_TOLERANCE = 8.0
 
 
-def prompt_pieces() -> list[str]:
-    """Every text piece the model tokenizes: instructions split at the placeholders, plain and chat-wrapped.
-
-    None starts with a space: for such text transformers 5's ``LlamaTokenizer`` writes one
-    "▁" where SentencePiece writes two (its Metaspace pre-tokenizer does not prepend a
-    second one), so the template's tail " [/INST]" is pinned only inside a wrapped prompt.
-    """
-    pieces = ["[INST] ", *ANSWERS]
-    for instruction in (HCMW_INSTRUCTION, MER_INSTRUCTION):
-        for text in (instruction, CHAT_TEMPLATE.format(instruction)):
-            pieces += re.split(r"<VideoHere>|<FeatureHere>", text)
-    return pieces
-
-
 @pytest.fixture(scope="module")
 def sentencepiece_model(tiny_assets):
     return spm.SentencePieceProcessor(model_file=str(tiny_assets["llama_dir"] / "tokenizer.model"))
-
-
-@pytest.fixture(scope="module", params=["llama_dir", "tokenizer_dir"])
-def hf_tokenizer(request, tiny_assets):
-    return AutoTokenizer.from_pretrained(tiny_assets[request.param])
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-@pytest.mark.parametrize("piece", [*prompt_pieces(), " [/INST]", "  two leading spaces"])
-def test_the_models_tokenizer_is_plain_sentencepiece(tiny_assets, sentencepiece_model, piece):
-    """How the model loads a LLaMA folder: every piece, space-led ones included, as upstream."""
-    tokenizer = LlamaTokenizer.from_folder(tiny_assets["llama_dir"])
-    assert tokenizer.encode(piece) == sentencepiece_model.encode(piece)
-    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (1, 2, 0)
-    assert tokenizer.pad_token_id == sentencepiece_model.piece_to_id("$$")
-
-
-@pytest.mark.parametrize("piece", prompt_pieces())
-def test_tokenizer_matches_sentencepiece(hf_tokenizer, sentencepiece_model, piece):
-    ids = hf_tokenizer(piece, add_special_tokens=False).input_ids
-    assert ids == sentencepiece_model.encode(piece)
-    assert hf_tokenizer.decode(ids) == piece
-    assert sentencepiece_model.decode(ids) == piece
-
-
-def test_tokenizer_reads_special_tokens_in_text_as_upstream(hf_tokenizer, sentencepiece_model):
-    # `<s>` of the legacy conversation template and the `</s>` end symbol become BOS / EOS ids.
-    context = CONVERSATION_TEMPLATE.format(HCMW_INSTRUCTION).split("<VideoHere>")[0]
-    assert hf_tokenizer(context, add_special_tokens=False).input_ids == [1] + sentencepiece_model.encode(
-        context.removeprefix("<s>")
-    )
-    answer_ids = hf_tokenizer("mind wandering</s>", add_special_tokens=False).input_ids
-    assert answer_ids == sentencepiece_model.encode("mind wandering") + [2]
-
-
-def test_tokenizer_special_ids_and_pad_piece(hf_tokenizer, sentencepiece_model):
-    assert (hf_tokenizer.unk_token_id, hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id) == (0, 1, 2)
-    assert (sentencepiece_model.unk_id(), sentencepiece_model.bos_id(), sentencepiece_model.eos_id()) == (0, 1, 2)
-    assert sentencepiece_model.pad_id() == -1
-    pad_id = sentencepiece_model.piece_to_id("$$")
-    assert pad_id != sentencepiece_model.unk_id()
-    assert hf_tokenizer.convert_tokens_to_ids("$$") == pad_id
-    assert hf_tokenizer(HCMW_INSTRUCTION).input_ids[0] == 1  # add_bos_token
-    assert hf_tokenizer(HCMW_INSTRUCTION).input_ids[-1] != 2  # no add_eos_token
-
-
-def test_tokenizer_byte_fallback_round_trips(hf_tokenizer, sentencepiece_model):
-    text = "Zürich 2024 😀"  # characters outside the training text
-    ids = hf_tokenizer(text, add_special_tokens=False).input_ids
-    assert ids == sentencepiece_model.encode(text)
-    assert sentencepiece_model.unk_id() not in ids
-    assert hf_tokenizer.decode(ids) == text
 
 
 # --------------------------------------------------------------------------- LLaMA
@@ -118,8 +38,7 @@ def test_tokenizer_byte_fallback_round_trips(hf_tokenizer, sentencepiece_model):
 def test_llama_folder_loads_and_runs(tiny_assets, sentencepiece_model):
     model = LlamaForCausalLM.from_pretrained(tiny_assets["llama_dir"])
     config = model.config
-    tokenizer = AutoTokenizer.from_pretrained(tiny_assets["llama_dir"])
-    assert config.vocab_size == len(tokenizer) == sentencepiece_model.vocab_size()
+    assert config.vocab_size == sentencepiece_model.vocab_size()
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 2, 4)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (1, 2, None)
     assert not config.tie_word_embeddings

@@ -21,7 +21,6 @@ import torch
 
 VIDEO_SLOT = "<VideoHere>"
 FEATURE_SLOT = "<FeatureHere>"
-BOS_MARKER = "<s>"
 PLACEHOLDER = -1  # stands for one visual embedding until the model fills it
 IGNORE_INDEX = -100
 
@@ -116,18 +115,11 @@ class PromptLayout:
         before_video, after_video = text.split(VIDEO_SLOT)
         return (
             [self.bos_id]
-            + self._encode_with_bos_markers(before_video)
+            # the slow LLaMA tokenizer upstream turned a written "<s>" into the BOS id
+            + self.tokenizer.encode_with_special_tokens(before_video)
             + [PLACEHOLDER] * (self.num_image_tokens + self.num_feature_tokens)
-            + self._encode_with_bos_markers(after_video)
+            + self.tokenizer.encode_with_special_tokens(after_video)
         )
-
-    def _encode_with_bos_markers(self, text: str) -> list[int]:
-        # The slow LLaMA tokenizer upstream turned a literal "<s>" into the BOS id.
-        pieces = text.split(BOS_MARKER)
-        ids = self.encode(pieces[0])
-        for piece in pieces[1:]:
-            ids += [self.bos_id] + self.encode(piece)
-        return ids
 
     def answer_ids(self, answer: str) -> list[int]:
         """Answer tokens plus the end symbol (``</s>`` is the EOS id), capped at max_txt_len."""

@@ -26,6 +26,7 @@ from PIL import Image
 
 from minigpt4.datasets.errors import DataError
 from minigpt4.features.writer import FeatureOutputError
+from minigpt4.models.prompt_layout import parse_positions
 from minigpt4.processors.blip_processors import Blip2ImageEvalProcessor
 from minigpt4.tasks.base_task import BaseTask
 from minigpt4.tasks.feature_dump import FeatureDumpTask
@@ -36,12 +37,17 @@ DATASET = "evaluation_datasets.hcmw_caption"
 
 # The demo's sizes: 24 clips, hidden 64, a 224 image -> 16x16 patches / 4 = 64 image tokens.
 N_CLIPS, HIDDEN, IMAGE_TOKENS, IMAGE_SIZE = 24, 64, 64, 224
+# demo.yaml's positions, as eval_emotion.yaml's: image tokens 2..5 with no chat template, which
+# are indices 6..9 when the prompt splits as LLaMA-2's (SPEC section 4: [BOS] + "▁< video >").
+POSITION_NAMES = ["image:2", "image:3", "image:4", "image:5"]
 POSITIONS = [6, 7, 8, 9]
+EVAL_EMOTION_CFG = ROOT / "eval_configs" / "eval_emotion.yaml"
 SHAPES = {
     "facemae_projected_features": (N_CLIPS, HIDDEN),
     "videomae_projected_features": (N_CLIPS, HIDDEN),
     "image_projected_features": (N_CLIPS, IMAGE_TOKENS, HIDDEN),
     "llama_features": (N_CLIPS, len(POSITIONS), HIDDEN),
+    "audio_projected_features": (N_CLIPS, HIDDEN),  # demo.yaml reads three streams
 }
 KINDS = tuple(SHAPES)
 INSTRUCTION = (
@@ -129,7 +135,8 @@ def clip_inputs(demo_env):
             images.append(process(image.convert("RGB")))
         face = np.load(demo_env["hcmw_feature_root"] / "mae_340_UTT" / f"{clip}.npy")  # (D,)
         video = np.load(demo_env["hcmw_feature_root"] / "maeV_199_UTT" / f"{clip}.npy")  # (1, D)
-        vectors.append(np.stack([face.reshape(-1), video.reshape(-1), np.zeros_like(face)]))
+        audio = np.load(demo_env["hcmw_feature_root"] / "HL-UTT" / f"{clip}.npy")  # (D,)
+        vectors.append(np.stack([face.reshape(-1), video.reshape(-1), audio.reshape(-1)]))
     return {"clips": clips, "image": torch.stack(images), "video_features": torch.from_numpy(np.stack(vectors))}
 
 
@@ -138,12 +145,14 @@ def tokenizer_file(demo_env) -> Path:
     return demo_env["llama_dir"] / "tokenizer.model"
 
 
-def reference_sequence(model, tokenizer_file: Path, image: torch.Tensor, video_features: torch.Tensor):
-    """The dump's LLM input built by hand: ``[BOS] [INST] <video>`` + 64 image tokens +
-    ``</video> <feature>`` + FaceMAE, VideoMAE, CLS + ``</feature> ... [/INST]`` + ``</s>``
-    (answer ""), each text piece plain SentencePiece.  Returns (embeds [B, T, H], token names)."""
+def reference_sequence(model, tokenizer_file: Path, image: torch.Tensor, video_features: torch.Tensor, chat_template=False):
+    """The dump's LLM input built by hand: ``[BOS] <video>`` + 64 image tokens +
+    ``</video> <feature>`` + FaceMAE, VideoMAE, CLS + ``</feature> ...`` + ``</s>`` (answer ""),
+    each text piece plain SentencePiece; ``chat_template`` wraps the instruction in
+    ``[INST] ... [/INST]`` first.  Returns (embeds [B, T, H], token names)."""
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_file))
-    before, rest = f"[INST] {INSTRUCTION} [/INST]".split("<VideoHere>")
+    text = f"[INST] {INSTRUCTION} [/INST]" if chat_template else INSTRUCTION
+    before, rest = text.split("<VideoHere>")
     between, after = rest.split("<FeatureHere>")
     text_ids = [[sp.bos_id(), *sp.encode(before)], sp.encode(between), [*sp.encode(after), sp.eos_id()]]
 
@@ -157,7 +166,8 @@ def reference_sequence(model, tokenizer_file: Path, image: torch.Tensor, video_f
     slots = [visual.image, torch.cat([visual.streams, visual.cls], dim=1)]
     embeds = torch.cat([text(text_ids[0]), slots[0], text(text_ids[1]), slots[1], text(text_ids[2])], dim=1)
     names = [sp.id_to_piece(i) for i in text_ids[0]] + [f"<image {k}>" for k in range(IMAGE_TOKENS)]
-    names += [sp.id_to_piece(i) for i in text_ids[1]] + ["<stream 0>", "<stream 1>", "<cls>"]
+    streams = [f"<stream {k}>" for k in range(model.num_video_streams)]
+    names += [sp.id_to_piece(i) for i in text_ids[1]] + streams + ["<cls>"]
     names += [sp.id_to_piece(i) for i in text_ids[2]]
     return embeds, names
 
@@ -187,7 +197,8 @@ def test_demo_dump_writes_the_four_files_with_spec_shapes(clean_dump, demo_env):
     assert manifest["complete"] and manifest["rows"] == N_CLIPS and manifest["skipped"] == 0
     assert manifest["dtype"] == "float16" and manifest["layout"] == "stacked"
     assert {kind: tuple(entry["shape"]) for kind, entry in manifest["files"].items()} == SHAPES
-    assert [entry["position"] for entry in manifest["llama_feature_positions"]] == POSITIONS
+    assert [entry["name"] for entry in manifest["llama_feature_positions"]] == POSITION_NAMES
+    assert [entry["index"] for entry in manifest["llama_feature_positions"]] == POSITIONS
     assert manifest["weights"]["llama_model"] == str(demo_env["llama_dir"])
     assert manifest["instruction"] == INSTRUCTION
 
@@ -196,7 +207,29 @@ def test_manifest_names_the_token_at_each_position(clean_dump, float32_dump, cli
     _, model = float32_dump
     _, names = reference_sequence(model, tokenizer_file, clip_inputs["image"][:1], clip_inputs["video_features"][:1])
     manifest = json.loads((clean_dump / "manifest.json").read_text())
-    assert manifest["llama_feature_positions"] == [{"position": p, "token": names[p]} for p in POSITIONS]
+    image_indices = [names.index(f"<image {k}>") for k in range(2, 6)]
+    assert image_indices == POSITIONS  # the tokenizer splits the prompt as LLaMA-2 does
+    assert manifest["llama_feature_positions"] == [
+        {"name": name, "index": i, "token": names[i]} for name, i in zip(POSITION_NAMES, image_indices)
+    ]
+
+
+def test_demo_dump_follows_the_layout_of_eval_emotion_yaml():
+    """The shipped extraction config reproduces the original's dump; the demo uses the same layout."""
+    from omegaconf import OmegaConf
+
+    shipped, demo = OmegaConf.load(EVAL_EMOTION_CFG).model, OmegaConf.load(DEMO_CFG).model
+    assert shipped.chat_template is False and list(shipped.llama_feature_positions) == POSITION_NAMES
+    for key in ("chat_template", "llama_feature_positions"):
+        assert demo[key] == shipped[key], key
+
+
+def test_every_default_position_holds_an_image_token_and_features_differ_between_clips(clean_dump):
+    manifest = json.loads((clean_dump / "manifest.json").read_text())
+    assert [entry["token"] for entry in manifest["llama_feature_positions"]] == [f"<image {k}>" for k in range(2, 6)]
+    features = load(clean_dump)["llama_features"].astype(np.float32)  # (N, P, H)
+    distances = np.abs(features[:, None] - features[None]).max(axis=(2, 3))  # clip x clip
+    assert (distances + np.eye(N_CLIPS) > 1e-3).all()  # no two clips share their features
 
 
 def test_two_runs_write_byte_identical_files(clean_dump, tmp_path):
@@ -230,6 +263,28 @@ def test_stream_rows_are_the_projectors_applied_to_each_clips_vectors(float32_du
 
 
 @torch.no_grad()
+def test_three_stream_dump_holds_the_audio_projection_and_slot_order(float32_dump, clip_inputs):
+    """With num_video_streams 3 the audio row is feats_llama_proj3 of clip i's audio .npy, and
+    the feature slot holds FaceMAE, VideoMAE, audio, CLS in that order (SPEC section 4)."""
+    out, model = float32_dump
+    assert model.num_video_streams == 3
+    vectors = clip_inputs["video_features"]
+    audio = model.feats_llama_proj3(vectors[:, 2]).numpy()
+    np.testing.assert_allclose(load(out)["audio_projected_features"], audio, atol=TOLERANCE, rtol=0)
+    # the named positions keep their meaning: stream:2 is the audio token, right before CLS
+    slots = model.layout.resolve_positions(INSTRUCTION, parse_positions(["stream:0", "stream:1", "stream:2", "cls"]))
+    assert [slot.token for slot in slots] == ["<stream 0>", "<stream 1>", "<stream 2>", "<cls>"]
+    assert [slot.index for slot in slots] == list(range(slots[0].index, slots[0].index + 4))
+    samples = {"image": clip_inputs["image"][:2], "video_features": vectors[:2], "instruction_input": [INSTRUCTION] * 2}
+    visual, layout = model.feature_layout(samples)
+    embeds = model.embed_layout(layout, visual.sequence())  # the dump's LLM input
+    projectors = [model.feats_llama_proj1, model.feats_llama_proj2, model.feats_llama_proj3]
+    for slot, projector, k in zip(slots, projectors, range(3)):
+        torch.testing.assert_close(embeds[:, slot.index], projector(vectors[:2, k]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(embeds[:, slots[3].index], visual.cls[:, 0], rtol=0, atol=1e-6)
+
+
+@torch.no_grad()
 def test_image_rows_are_the_projected_image_tokens_of_each_peak_frame(float32_dump, clip_inputs):
     out, model = float32_dump
     visual = model.encode_visual(clip_inputs["image"], clip_inputs["video_features"])
@@ -240,8 +295,9 @@ def test_image_rows_are_the_projected_image_tokens_of_each_peak_frame(float32_du
 @torch.no_grad()
 def test_llama_features_equal_the_full_sequence_forward_at_the_positions(float32_dump, clip_inputs, tokenizer_file):
     out, model = float32_dump
-    embeds, _ = reference_sequence(model, tokenizer_file, clip_inputs["image"], clip_inputs["video_features"])
-    reference = full_forward_hidden(model, embeds)[:, POSITIONS]
+    embeds, names = reference_sequence(model, tokenizer_file, clip_inputs["image"], clip_inputs["video_features"])
+    image_indices = [names.index(f"<image {k}>") for k in range(2, 6)]  # where image tokens 2..5 sit
+    reference = full_forward_hidden(model, embeds)[:, image_indices]
     np.testing.assert_allclose(load(out)["llama_features"], reference.numpy(), atol=TOLERANCE, rtol=0)
 
 
@@ -319,13 +375,28 @@ def test_overwrite_replaces_the_files_of_other_settings(clean_dump, tmp_path):
     shutil.copytree(clean_dump, out)
     manifest = dump(out, "model.llama_feature_positions=[5,6]", overwrite=True)
 
-    assert [entry["position"] for entry in manifest["llama_feature_positions"]] == [5, 6]
+    assert [entry["index"] for entry in manifest["llama_feature_positions"]] == [5, 6]
     clean, new = load(clean_dump), load(out)
     assert new["llama_features"].shape == (N_CLIPS, 2, HIDDEN)
     # position 6 of a 7-token prefix = position 6 of a 10-token prefix (causal), to float16 precision
     np.testing.assert_allclose(new["llama_features"][:, 1], clean["llama_features"][:, 0], rtol=2e-3, atol=2e-3)
     for kind in KINDS[:3]:
         np.testing.assert_array_equal(new[kind], clean[kind], err_msg=kind)
+
+
+@pytest.mark.parametrize(
+    "positions, problem",
+    [("[image:2,prompt:900]", "'prompt:900' is out of range"), ("[image:64]", "'image:64' is out of range"),
+     ("[image2]", "'image2' is not a position")],
+    ids=["prompt-range", "image-range", "malformed"],
+)  # fmt: skip
+def test_a_bad_position_name_stops_the_run_naming_the_key_before_any_output(demo_env, tmp_path, positions, problem):
+    from minigpt4.common.config import ConfigError
+
+    out = tmp_path / "features"
+    with pytest.raises(ConfigError, match=rf"model\.llama_feature_positions: {problem}"):
+        dump(out, f"model.llama_feature_positions={positions}")
+    assert not out.exists()
 
 
 def test_per_clip_layout_holds_the_stacked_rows(clean_dump, tmp_path, demo_env):

@@ -13,7 +13,7 @@ import sentencepiece as spm
 import torch
 
 from minigpt4.models.minigpt_v2 import MiniGPTv2
-from minigpt4.models.prompt_layout import IGNORE_INDEX, PLACEHOLDER, PromptLayout
+from minigpt4.models.prompt_layout import IGNORE_INDEX, PLACEHOLDER, PromptLayout, parse_positions
 from tiny_model import HCMW_INSTRUCTION, HIDDEN, build_model, random_visual_inputs
 
 SHORT_INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> [emotion] What is it? "
@@ -214,22 +214,70 @@ def test_slots_hold_image_tokens_then_streams_then_cls(models, sp, streams):
     torch.testing.assert_close(embeds[1, padded], table[pad_id].expand(len(padded), -1), rtol=0, atol=0)
 
 
-def test_feature_position_tokens_name_what_sits_there(models, sp):
-    model = models[2]
-    ids = expected_prompt_ids(sp, HCMW_INSTRUCTION, 2)
-    video_start = ids.index(PLACEHOLDER)
-    feature_start = video_start + NUM_IMAGE_TOKENS + len(sp.encode(split_slots(CHAT_TEMPLATE.format(HCMW_INSTRUCTION))[1]))
-    positions = [0, 1, video_start, video_start + NUM_IMAGE_TOKENS - 1, feature_start, feature_start + 1,
-                 feature_start + 2, len(ids), len(ids) + 1]  # fmt: skip
-    names = model.feature_position_tokens(HCMW_INSTRUCTION, positions)
-    assert names == [
-        "<s>",
-        sp.id_to_piece(ids[1]),
-        "<image 0>",
-        f"<image {NUM_IMAGE_TOKENS - 1}>",
-        "<stream 0>",
-        "<stream 1>",
-        "<cls>",
-        "</s>",  # the empty answer is just the end symbol
-        "<beyond input>",
-    ]
+# --------------------------------------------------------------------------- named dump positions
+
+
+@pytest.mark.parametrize("chat_template", [False, True], ids=["plain", "template"])
+@pytest.mark.parametrize("streams", [2, 3])
+def test_named_positions_resolve_to_their_tokens(models, sp, streams, chat_template):
+    """Each name form (negative K and indices mixed in) against the layout rebuilt here from
+    SentencePiece, in both templates."""
+    layout = PromptLayout(models[streams].llama_tokenizer, NUM_IMAGE_TOKENS, streams + 1, chat_template, CHAT_TEMPLATE,
+                          end_sym="</s>", max_txt_len=64, max_context_len=512)  # fmt: skip
+    ids = expected_prompt_ids(sp, HCMW_INSTRUCTION, streams, chat_template)
+    text = CHAT_TEMPLATE.format(HCMW_INSTRUCTION) if chat_template else HCMW_INSTRUCTION
+    before, between, _ = split_slots(text)
+    video_start = 1 + len(sp.encode(before))
+    feature_start = video_start + NUM_IMAGE_TOKENS + len(sp.encode(between))
+    requested = ["image:0", "image:2", "image:-1", "stream:0", f"stream:{streams - 1}", "stream:-1", "cls",
+                 "prompt:0", "prompt:1", "prompt:-1", "prompt:-2", 5, len(ids)]  # fmt: skip
+    resolved = layout.resolve_positions(HCMW_INSTRUCTION, parse_positions(requested))
+    assert [p.name for p in resolved] == [str(r) for r in requested]
+    assert [p.index for p in resolved] == [
+        video_start, video_start + 2, video_start + NUM_IMAGE_TOKENS - 1,
+        feature_start, feature_start + streams - 1, feature_start + streams - 1, feature_start + streams,
+        0, 1, len(ids) - 1, len(ids) - 2, 5, len(ids),
+    ]  # fmt: skip
+    tokens = [p.token for p in resolved]
+    assert tokens[:7] == ["<image 0>", "<image 2>", f"<image {NUM_IMAGE_TOKENS - 1}>", "<stream 0>",
+                          f"<stream {streams - 1}>", f"<stream {streams - 1}>", "<cls>"]  # fmt: skip
+    assert tokens[7] == "<s>" and tokens[8] == sp.id_to_piece(ids[1])
+    assert tokens[9] == sp.id_to_piece(ids[-1]) == ("]" if chat_template else "▁")  # the prompt's last piece
+    assert tokens[12] == "</s>"  # just past the prompt: the empty answer's end symbol
+    expected_five = "<image 1>" if not chat_template else sp.id_to_piece(ids[5])
+    assert tokens[11] == expected_five
+
+
+@pytest.mark.parametrize(
+    "positions, message",
+    [
+        (["image:64"], r"'image:64' is out of range.*64 image tokens"),
+        (["image:-65"], "out of range"),
+        (["stream:2"], r"'stream:2' is out of range.*2 stream tokens"),
+        (["prompt:500"], r"'prompt:500' is out of range"),
+        ([6, 500], r"position 500 is beyond the input"),
+        (["image2"], r"'image2' is not a position"),
+        (["video:1"], "is not a position"),
+        ([-1], "must be non-negative"),
+        ([], "empty"),
+    ],
+)
+def test_bad_positions_are_config_errors_naming_the_key(models, positions, message):
+    from minigpt4.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"model\.llama_feature_positions.*{message}"):
+        models[2].feature_positions(HCMW_INSTRUCTION, positions)
+
+
+def test_out_of_range_slot_names_fail_before_the_llm_loads(tiny_assets, monkeypatch):
+    """image:K and stream:K are checked against the model's sizes before the LLM's weights are read."""
+    import minigpt4.models.minigpt_v2 as minigpt_v2
+    from minigpt4.common.config import ConfigError
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the LLM was loaded before the positions were checked")
+
+    monkeypatch.setattr(minigpt_v2, "load_llm", no_llm)
+    for positions in (["image:64"], ["stream:5"], ["cls", "nonsense"]):
+        with pytest.raises(ConfigError, match=r"model\.llama_feature_positions"):
+            build_model(tiny_assets, llama_feature_positions=positions)

@@ -15,7 +15,7 @@ from minigpt4.common.registry import registry
 from minigpt4.models.base_model import load_llm, load_vision_encoder
 from minigpt4.models.checkpoint_maps import model_to_released, released_to_model
 from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_positions
-from minigpt4.models.prompt_layout import PromptLayout
+from minigpt4.models.prompt_layout import PromptLayout, ResolvedPosition, check_slot_positions, parse_positions
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class MiniGPTv2(MiniGPTBase):
         max_txt_len: int = 1024,
         max_context_len: int = 3800,
         legacy_generate_context: bool = False,
-        llama_feature_positions: Sequence[int] = (6, 7, 8, 9),
+        llama_feature_positions: Sequence[int | str] = ("image:2", "image:3", "image:4", "image:5"),
         trust_checkpoint: bool = False,
     ):
         super().__init__()
@@ -77,9 +77,8 @@ class MiniGPTv2(MiniGPTBase):
         self.num_video_streams = num_video_streams
         self.image_token_merge = image_token_merge
         self.legacy_generate_context = legacy_generate_context
-        self.llama_feature_positions = list(llama_feature_positions)
-        if any(p < 0 for p in self.llama_feature_positions):
-            raise ValueError(f"model.llama_feature_positions must be non-negative, got {self.llama_feature_positions}")
+        self.llama_feature_positions = list(llama_feature_positions)  # as written: indices and names
+        self.feature_position_specs = parse_positions(self.llama_feature_positions)  # syntax, before any weights
 
         self.visual_encoder, self.ln_vision = load_vision_encoder(
             vit_model, image_size, drop_path_rate, use_grad_checkpoint, vit_checkpoint, trust_checkpoint, precision, freeze_vit
@@ -90,6 +89,8 @@ class MiniGPTv2(MiniGPTBase):
             raise ValueError(
                 f"model.image_token_merge={image_token_merge} does not divide the {num_patches} image patches"
             )
+        # image:K / stream:K out of range fail here, before the LLM's weights are read.
+        check_slot_positions(self.feature_position_specs, num_patches // image_token_merge, num_video_streams)
         self.llama_model, self.llama_tokenizer = load_llm(
             llama_model, precision, pad_token, low_resource, lora_r, lora_alpha, lora_dropout,
             lora_target_modules, llm_grad_checkpoint,
@@ -146,13 +147,13 @@ class MiniGPTv2(MiniGPTBase):
         return VisualTokens(image=image_tokens, streams=streams, cls=cls_token)
 
     @torch.no_grad()
-    def extract_features(self, samples: dict, positions: Sequence[int] | None = None, full_sequence: bool = False) -> ClipFeatures:
+    def extract_features(self, samples: dict, positions: Sequence[int | str] | None = None, full_sequence: bool = False) -> ClipFeatures:
         """The four feature kinds of SPEC section 7 for a batch.
 
         ``full_sequence=True`` runs the LLM over the whole input (the reference path kept for
         tests and benchmarks); by default only the prefix the positions need is computed.
         """
-        positions = list(positions if positions is not None else self.llama_feature_positions)
+        positions = self.batch_feature_positions(samples["instruction_input"], positions)
         visual, layout = self.feature_layout(samples)
         embeds = self.embed_layout(layout, visual.sequence())
         mask = layout.attention_mask.to(self.device)
@@ -168,20 +169,20 @@ class MiniGPTv2(MiniGPTBase):
             llama_features=hidden,
         )
 
-    def feature_position_tokens(self, instruction: str, positions: Sequence[int] | None = None) -> list[str]:
-        """What sits at each dump position: a token string, or <image k>/<stream k>/<cls>."""
-        positions = list(positions if positions is not None else self.llama_feature_positions)
-        ids = self.layout.prompt_ids(instruction) + self.layout.answer_ids("")
-        visual_names = [f"<image {k}>" for k in range(self.layout.num_image_tokens)]
-        visual_names += [f"<stream {k}>" for k in range(self.num_video_streams)] + ["<cls>"]
-        names, visual_index = [], 0
-        for token in ids:
-            if token < 0:
-                names.append(visual_names[visual_index])
-                visual_index += 1
-            else:
-                names.append(self.llama_tokenizer.convert_ids_to_tokens(token))
-        return [names[p] if p < len(names) else "<beyond input>" for p in positions]
+    def feature_positions(self, instruction: str, positions: Sequence[int | str] | None = None) -> list[ResolvedPosition]:
+        """Name, absolute index and token of each dump position (default: ``model.llama_feature_positions``)."""
+        specs = self.feature_position_specs if positions is None else parse_positions(positions)
+        return self.layout.resolve_positions(instruction, specs)
+
+    def batch_feature_positions(self, instructions: Sequence[str], positions: Sequence[int | str] | None = None) -> list[int]:
+        """Absolute indices of the dump positions, which must be the same for every instruction of a batch."""
+        indices = {tuple(p.index for p in self.feature_positions(text, positions)) for text in set(instructions)}
+        if len(indices) > 1:
+            raise ValueError(
+                f"model.llama_feature_positions fall at different indices in this batch's instructions {sorted(indices)}; "
+                "dump clips that share one instruction"
+            )
+        return list(indices.pop())
 
     # ---- trainable set and checkpoints -------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -9,20 +9,95 @@ them with visual embeddings in one ``masked_scatter``.
 
 (The upstream code put the last 4 of 259 visual tokens into the feature slot, moving an image
 token there; here the slot sizes come from the model and are checked.)
+
+Feature-dump positions (``model.llama_feature_positions``) are absolute indices or names
+resolved against this layout: ``image:K`` (the K-th image token), ``stream:K`` (the K-th
+stream token of the feature slot: 0 FaceMAE, 1 VideoMAE, 2 audio), ``cls`` and ``prompt:K``
+(the K-th token of ``[BOS] + wrapped prompt``); a negative K counts from the end, so
+``prompt:-1`` is the last prompt token.  A name means the same token whatever the template
+or tokenizer; an absolute index does not.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
 import torch
 
+from minigpt4.common.config import ConfigError
+
 VIDEO_SLOT = "<VideoHere>"
 FEATURE_SLOT = "<FeatureHere>"
 PLACEHOLDER = -1  # stands for one visual embedding until the model fills it
 IGNORE_INDEX = -100
+POSITIONS_KEY = "model.llama_feature_positions"
+_POSITION_NAME = re.compile(r"(image|stream|prompt):(-?\d+)|cls")
+
+
+@dataclass(frozen=True)
+class PositionSpec:
+    """One requested dump position as written in the config, parsed."""
+
+    name: str  # as written: "7", "image:2", "cls", "prompt:-1"
+    span: str  # "index" (absolute), "image", "stream", "cls" or "prompt"
+    k: int  # the index: absolute for "index", within the span otherwise (negative: from its end)
+
+
+@dataclass(frozen=True)
+class ResolvedPosition:
+    """A dump position placed in an actual input."""
+
+    name: str  # as written in the config
+    index: int  # absolute index in [BOS] + wrapped prompt + answer
+    token: str  # what sits there: a tokenizer piece, or <image k> / <stream k> / <cls>
+
+
+def parse_positions(values: Sequence[int | str]) -> list[PositionSpec]:
+    """Check the syntax of ``model.llama_feature_positions``; a bad entry is a ConfigError naming the key."""
+    values = list(values)
+    if not values:
+        raise ConfigError(f"{POSITIONS_KEY}: empty; name at least one position, e.g. [image:2, image:3]")
+    specs = []
+    for value in values:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise ConfigError(
+                    f"{POSITIONS_KEY} must be non-negative indices or names, got {value}; "
+                    f"write prompt:{value} to count from the end of the prompt"
+                )
+            specs.append(PositionSpec(str(value), "index", value))
+            continue
+        match = _POSITION_NAME.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(
+                f"{POSITIONS_KEY}: {value!r} is not a position; write an index (0, 1, ...) or image:K, stream:K, "
+                "cls or prompt:K (a negative K counts from the end)"
+            )
+        span, k = (match.group(1), int(match.group(2))) if match.group(1) else ("cls", 0)
+        specs.append(PositionSpec(value, span, k))
+    return specs
+
+
+def check_slot_positions(specs: Sequence[PositionSpec], num_image_tokens: int, num_streams: int) -> None:
+    """Range of the image/stream names, known from the model's sizes alone (before the LLM loads)."""
+    for spec in specs:
+        if spec.span == "image":
+            _within(spec, num_image_tokens, "image tokens")
+        elif spec.span == "stream":
+            _within(spec, num_streams, "stream tokens")
+
+
+def _within(spec: PositionSpec, size: int, what: str) -> int:
+    """``spec.k`` as an offset into a span of ``size`` tokens (negative from its end)."""
+    if not -size <= spec.k < size:
+        raise ConfigError(
+            f"{POSITIONS_KEY}: {spec.name!r} is out of range: the input has {size} {what} "
+            f"({spec.span}:0..{spec.span}:{size - 1}, or {spec.span}:-{size}..{spec.span}:-1)"
+        )
+    return spec.k % size
 
 
 @dataclass
@@ -101,6 +176,50 @@ class PromptLayout:
                 f"the prompt has {len(ids)} tokens, more than model.max_context_len={self.max_context_len}: {instruction!r}"
             )
         return ids
+
+    @property
+    def num_streams(self) -> int:
+        return self.num_feature_tokens - 1  # the feature slot holds the streams, then CLS
+
+    def resolve_positions(self, instruction: str, specs: Sequence[PositionSpec]) -> list[ResolvedPosition]:
+        """Where each position falls in the dump input ``[BOS] + wrapped prompt + answer ""``."""
+        prompt = self.prompt_ids(instruction)
+        ids = prompt + self.answer_ids("")
+        video_start = prompt.index(PLACEHOLDER)
+        feature_start = video_start + self.num_image_tokens + prompt[video_start + self.num_image_tokens :].index(PLACEHOLDER)
+        names = self.token_names(ids)
+        resolved = []
+        for spec in specs:
+            if spec.span == "image":
+                index = video_start + _within(spec, self.num_image_tokens, "image tokens")
+            elif spec.span == "stream":
+                index = feature_start + _within(spec, self.num_streams, "stream tokens")
+            elif spec.span == "cls":
+                index = feature_start + self.num_streams
+            elif spec.span == "prompt":
+                index = _within(spec, len(prompt), "prompt tokens")
+            else:
+                index = spec.k
+                if index >= len(ids):
+                    raise ConfigError(
+                        f"{POSITIONS_KEY}: position {index} is beyond the input, which has {len(ids)} tokens "
+                        f"([BOS] + prompt {len(prompt)} + answer {len(ids) - len(prompt)}) for {instruction!r}"
+                    )
+            resolved.append(ResolvedPosition(spec.name, index, names[index]))
+        return resolved
+
+    def token_names(self, ids: Sequence[int]) -> list[str]:
+        """Readable name of every id: tokenizer pieces, visual placeholders as <image k>, <stream k>, <cls>."""
+        visual = [f"<image {k}>" for k in range(self.num_image_tokens)]
+        visual += [f"<stream {k}>" for k in range(self.num_streams)] + ["<cls>"]
+        names, visual_index = [], 0
+        for token in ids:
+            if token == PLACEHOLDER:
+                names.append(visual[visual_index])
+                visual_index += 1
+            else:
+                names.append(self.tokenizer.convert_ids_to_tokens(token))
+        return names
 
     def legacy_prompt_ids(self, instruction: str, conversation_prompt: str) -> list[int]:
         """The upstream inference layout, kept to reproduce published numbers.

@@ -37,8 +37,10 @@ def _weights_used(model_cfg) -> dict:
 class FeatureDumpTask(BaseTask):
     def open_writer(self, model, dataset, out_dir: Path, model_cfg, dataset_cfg) -> tuple[FeatureWriter, list[int]]:
         """Create (or resume) the output folder; returns the writer and this process's rows."""
-        positions = list(model.llama_feature_positions)
         instruction = dataset.instruction
+        # names resolved against this dataset's instruction: a bad one stops here, before any output
+        resolved = model.feature_positions(instruction)
+        positions = [p.index for p in resolved]
         hidden = model.llama_model.config.hidden_size
         row_shapes = {
             "facemae_projected_features": (hidden,),
@@ -46,7 +48,6 @@ class FeatureDumpTask(BaseTask):
             "image_projected_features": (model.layout.num_image_tokens, hidden),
             "llama_features": (len(positions), hidden),
         }
-        tokens = model.feature_position_tokens(instruction, positions)
         manifest = {
             "fingerprint": {
                 "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -55,7 +56,7 @@ class FeatureDumpTask(BaseTask):
                 "seed": self.run_cfg.seed,
             },
             "weights": _weights_used(model_cfg),
-            "llama_feature_positions": [{"position": p, "token": t} for p, t in zip(positions, tokens)],
+            "llama_feature_positions": [{"name": p.name, "index": p.index, "token": p.token} for p in resolved],
             "instruction": instruction,
             "skipped": len({bad.clip for bad in getattr(dataset, "skipped", [])}),  # clips, not problems
         }
@@ -84,7 +85,7 @@ class FeatureDumpTask(BaseTask):
         lines = [f"features in {out_dir}: {manifest['rows']} clips ({manifest['dtype']}, {manifest['layout']})"]
         for stem, entry in manifest["files"].items():
             lines.append(f"  {entry['path']:<40} {tuple(entry['shape'])}")
-        positions = ", ".join(f"{p['position']}={p['token']}" for p in manifest["llama_feature_positions"])
+        positions = ", ".join(f"{p['name']}={p['index']} {p['token']}" for p in manifest["llama_feature_positions"])
         lines.append(f"  llama positions: {positions}")
         if manifest.get("skipped"):
             lines.append(f"  skipped {manifest['skipped']} clips (see skipped.tsv)")

@@ -1,0 +1,109 @@
+"""One person per clip: link detections into tracks by box overlap, keep one track, fill gaps.
+
+Detections are linked frame to frame: each track's last box is paired with the detection it
+overlaps most (IoU, best pairs first) when that overlap reaches ``iou_threshold``; a
+detection left over starts a new track.  The kept track is chosen by the configured rule
+(largest mean box, or most detections with size breaking ties).  Between two detections of
+the kept track its box and landmarks are interpolated linearly when at most ``max_gap``
+detections in a row missed it, and across frames where no detection ran; frames outside that
+(before the first detection, after the last, in longer gaps) have no face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from minigpt4.prepare.config import TrackConfig, TrackRule
+from minigpt4.prepare.detect import FaceDetections
+
+
+class FaceStatus(IntEnum):
+    MISSING = 0  # no face for this frame: it is left out of the output
+    DETECTED = 1
+    INTERPOLATED = 2  # between detections of the track
+
+
+@dataclass
+class FaceTrack:
+    """The kept person over the clip's ``n`` kept frames."""
+
+    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2; NaN where MISSING
+    landmarks: np.ndarray  # (n, 5, 2); NaN where MISSING
+    status: np.ndarray  # (n,) FaceStatus
+    coverage: float  # share of the frames detection ran on in which the kept person was found
+    num_tracks: int  # how many tracks (people) were seen
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (m, 4) with every box in b (k, 4): (m, k)."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
+
+
+def link_tracks(detections: list[FaceDetections], iou_threshold: float) -> list[dict[int, tuple]]:
+    """Tracks as {detection step: (box, landmarks)}, linked greedily by IoU with each track's last box."""
+    tracks: list[dict[int, tuple]] = []
+    last_boxes: list[np.ndarray] = []
+    for step, found in enumerate(detections):
+        unmatched = set(range(len(found)))
+        if tracks and len(found):
+            iou = box_iou(np.stack(last_boxes), found.boxes)
+            for flat in np.argsort(-iou, axis=None):
+                track, det = np.unravel_index(flat, iou.shape)
+                if iou[track, det] < iou_threshold:
+                    break
+                if step in tracks[track] or det not in unmatched:
+                    continue
+                tracks[track][step] = (found.boxes[det], found.landmarks[det])
+                last_boxes[track] = found.boxes[det]
+                unmatched.discard(det)
+        for det in sorted(unmatched):
+            tracks.append({step: (found.boxes[det], found.landmarks[det])})
+            last_boxes.append(found.boxes[det])
+    return tracks
+
+
+def _mean_area(track: dict[int, tuple]) -> float:
+    return float(np.mean([np.prod(box[2:] - box[:2]) for box, _ in track.values()]))
+
+
+def choose_track(tracks: list[dict[int, tuple]], rule: TrackRule) -> dict[int, tuple]:
+    if rule is TrackRule.LARGEST:
+        return max(tracks, key=_mean_area)
+    return max(tracks, key=lambda track: (len(track), _mean_area(track)))
+
+
+def follow_face(
+    detections: list[FaceDetections], detect_positions: np.ndarray, num_frames: int, cfg: TrackConfig
+) -> FaceTrack:
+    """The kept person over ``num_frames`` frames, detection having run at ``detect_positions``."""
+    boxes = np.full((num_frames, 4), np.nan)
+    landmarks = np.full((num_frames, 5, 2), np.nan)
+    status = np.full(num_frames, FaceStatus.MISSING, dtype=np.int64)
+    tracks = link_tracks(detections, cfg.iou_threshold)
+    if not tracks:
+        return FaceTrack(boxes, landmarks, status, 0.0, 0)
+    kept = choose_track(tracks, cfg.rule)
+    steps = sorted(kept)
+    for step in steps:
+        position = detect_positions[step]
+        boxes[position], landmarks[position] = kept[step]
+        status[position] = FaceStatus.DETECTED
+    for before, after in zip(steps, steps[1:]):
+        if after - before - 1 > cfg.max_gap:
+            continue
+        start, end = detect_positions[before], detect_positions[after]
+        weights = (np.arange(start + 1, end) - start) / (end - start)  # 0 < w < 1 for the frames between
+        box_a, marks_a = kept[before]
+        box_b, marks_b = kept[after]
+        boxes[start + 1 : end] = (1 - weights)[:, None] * box_a + weights[:, None] * box_b
+        landmarks[start + 1 : end] = (1 - weights)[:, None, None] * marks_a + weights[:, None, None] * marks_b
+        status[start + 1 : end] = FaceStatus.INTERPOLATED
+    return FaceTrack(boxes, landmarks, status, len(steps) / len(detections), len(tracks))

@@ -1,0 +1,152 @@
+"""Where prepared clips go (the SPEC section 6 layout) and how a clip lands there atomically.
+
+Under the output root::
+
+    annotations.csv                      uuid[, mw_label, test_fold_num]  (the hcmw annotation)
+    images/<clip>/<clip>_peak_frame.png  the peak frame                   (the hcmw image_root)
+    face_frames/<clip>/<clip>_00000.png  aligned faces, one per frame     (extract_mae_embedding.py --input)
+    face_arrays/<clip>.npy               the same faces, uint8 (T, S, S, 3) (extract_maeVideo_embedding.py --input)
+    tracks/<clip>.json                   the clip's report; written last, it marks the clip done
+    features/<dir>/<clip>.npy            encoder vectors (with encoders.run)
+    skipped.tsv, summary.json
+
+A clip is written into ``.tmp/<clip>/`` first and moved into place when complete, its report
+last, so a killed run leaves no clip that looks done; a rerun redoes exactly the clips without
+a report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from minigpt4.common.atomic_io import write_text_atomic
+
+PNG_COMPRESS_LEVEL = 1  # faces are re-read by the encoders; fast writing beats small files
+
+
+@dataclass(frozen=True)
+class PreparedLayout:
+    root: Path
+
+    @property
+    def face_frames(self) -> Path:
+        return self.root / "face_frames"
+
+    @property
+    def face_arrays(self) -> Path:
+        return self.root / "face_arrays"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "tracks"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def annotation(self) -> Path:
+        return self.root / "annotations.csv"
+
+    @property
+    def skipped(self) -> Path:
+        return self.root / "skipped.tsv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def report(self, clip: str) -> Path:
+        return self.reports / f"{clip}.json"
+
+    def is_done(self, clip: str) -> bool:
+        return self.report(clip).is_file()
+
+    def peak_frame(self, clip: str) -> Path:
+        return self.images / clip / f"{clip}_peak_frame.png"
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    Image.fromarray(image).save(path, compress_level=PNG_COMPRESS_LEVEL)
+
+
+class ClipOutput:
+    """The files of one clip, built under ``.tmp/<clip>/`` and moved into place by ``commit``."""
+
+    def __init__(self, layout: PreparedLayout, clip: str, num_frames: int, size: int):
+        self.layout, self.clip = layout, clip
+        self.tmp = layout.root / ".tmp" / clip
+        shutil.rmtree(self.tmp, ignore_errors=True)  # what a killed run left of this clip
+        (self.tmp / "face_frames").mkdir(parents=True)
+        (self.tmp / "images").mkdir()
+        # frames stream into a file-backed array: a long clip never sits in memory whole
+        self.faces = np.lib.format.open_memmap(self.tmp / "faces.npy", mode="w+", dtype=np.uint8, shape=(num_frames, size, size, 3))
+        self.count = 0
+
+    def add(self, faces: np.ndarray) -> None:
+        for face in faces:
+            save_png(self.tmp / "face_frames" / f"{self.clip}_{self.count:05d}.png", face)
+            self.faces[self.count] = face
+            self.count += 1
+
+    def commit(self, peak_image: np.ndarray, report: dict) -> None:
+        if self.count != len(self.faces):
+            raise RuntimeError(f"clip {self.clip!r}: {self.count} of {len(self.faces)} faces written")
+        self.faces.flush()
+        del self.faces  # closes the memory map before the file moves
+        save_png(self.tmp / "images" / f"{self.clip}_peak_frame.png", peak_image)
+        moves = {
+            self.tmp / "face_frames": self.layout.face_frames / self.clip,
+            self.tmp / "faces.npy": self.layout.face_arrays / f"{self.clip}.npy",
+            self.tmp / "images": self.layout.images / self.clip,
+        }
+        for source, target in moves.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _remove(target)  # an unfinished earlier attempt: the clip has no report yet
+            os.replace(source, target)
+        self.layout.reports.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.layout.report(self.clip), json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def abandon(self) -> None:
+        if hasattr(self, "faces"):
+            del self.faces
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def write_annotation(layout: PreparedLayout, rows: list[dict[str, str]]) -> None:
+    """``uuid`` plus whichever label columns the rows carry."""
+    columns = ["uuid"] + [c for c in ("mw_label", "test_fold_num") if any(c in row for row in rows)]
+    write_text_atomic(layout.annotation, _csv_text(columns, [[row.get(c, "") for c in columns] for row in rows]))
+
+
+def write_skipped(layout: PreparedLayout, skipped: list[tuple[str, str, str]]) -> None:
+    write_text_atomic(layout.skipped, _csv_text(["clip", "file", "reason"], skipped, delimiter="\t"))
+
+
+def _csv_text(header: list[str], rows: list, delimiter: str = ",") -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()

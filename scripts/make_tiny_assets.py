@@ -11,7 +11,7 @@ Writes, only under OUT_DIR:
   (names and nesting as the real files, tiny shapes, random values);
 - ``hubert/``: a Hugging Face HuBERT folder (random tiny weights, feature extractor config);
 - ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
-  FaceMAE/VideoMAE vectors) whose drawn faces depend on the label;
+  FaceMAE/VideoMAE/audio vectors) whose drawn faces and tones depend on the label;
 - ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors).
 
 With the same seed and library versions, every file is byte-identical from run to run
@@ -147,6 +147,7 @@ HUBERT_CONFIG = dict(
 )
 AUDIO_SAMPLE_RATE = 16_000
 AUDIO_TONE_HZ = {"MW": 220.0, "NonMW": 660.0}  # the demo clips' sound carries the label
+HCMW_AUDIO_DIR = "HL-UTT"  # audio vectors beside the FaceMAE / VideoMAE ones, named as MER's
 
 FRAME_SIZE = 96
 VIDEO_FPS = 25
@@ -544,10 +545,13 @@ def render_clip(face: Face, n_frames: int, rng: np.random.Generator) -> np.ndarr
 # =========================================================================== media writers
 
 
-def write_video(path: Path, frames: np.ndarray) -> None:
+def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
     """MPEG-4 part 2, yuv420p, single-threaded and bit-exact so the bytes are reproducible.
 
-    The container (mp4 or avi) follows the file suffix.
+    The container (mp4 or avi) follows the file suffix.  ``audio`` (float32 mono at
+    ``AUDIO_SAMPLE_RATE``) becomes a sound track in ALAC: lossless and integer-only, so its
+    bytes are reproducible too (AAC's float encoder need not be) and it decodes to the
+    16-bit samples written.
     """
     with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("mpeg4", rate=VIDEO_FPS, options={"flags": "+bitexact"})
@@ -555,9 +559,18 @@ def write_video(path: Path, frames: np.ndarray) -> None:
         stream.pix_fmt = "yuv420p"
         stream.bit_rate = VIDEO_BIT_RATE
         stream.codec_context.thread_count = 1
+        if audio is not None:
+            sound = container.add_stream("alac", rate=AUDIO_SAMPLE_RATE, options={"flags": "+bitexact"})
+            sound.layout, sound.format = "mono", "s16p"
         for image in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())  # flush
+        if audio is not None:
+            samples = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(samples[None], format="s16p", layout="mono")
+            frame.sample_rate, frame.pts = AUDIO_SAMPLE_RATE, 0
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode())  # flush
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -597,22 +610,28 @@ def make_hcmw(root: Path, rng: np.random.Generator) -> dict[str, Path]:
     }
     paths["hcmw_video_root"].mkdir(parents=True, exist_ok=True)
     means = {folder: class_means(HCMW_LABELS, rng) for folder in ("mae_340_UTT", "maeV_199_UTT")}
+    (sound_rng,) = rng.spawn(1)  # a stream of its own: the sound tracks leave the faces and vectors as they were
+    means[HCMW_AUDIO_DIR] = class_means(HCMW_LABELS, sound_rng)
     rows = []
     for fold in range(HCMW_FOLDS):
         labels = list(HCMW_LABELS) * HCMW_CLIPS_PER_LABEL_PER_FOLD
         rng.shuffle(labels)
         for label in labels:
             clip = f"clip_{len(rows):03d}"
-            write_hcmw_clip(paths, clip, label, means, rng)
+            write_hcmw_clip(paths, clip, label, means, rng, sound_rng)
             rows.append((f"{clip}.mp4", label, fold))  # the real annotations keep the suffix
     write_csv(paths["hcmw_csv"], ["uuid", "mw_label", "test_fold_num"], rows)
     return paths
 
 
-def write_hcmw_clip(paths: dict[str, Path], clip: str, label: str, means: dict, rng: np.random.Generator) -> None:
-    """The video, its frames as PNGs, the peak (middle) frame and the two feature vectors of a clip."""
+def write_hcmw_clip(
+    paths: dict[str, Path], clip: str, label: str, means: dict, rng: np.random.Generator, sound_rng: np.random.Generator
+) -> None:
+    """The video (with the label's tone as sound), its frames as PNGs, the peak (middle) frame
+    and the three feature vectors of a clip."""
     frames = render_clip(hcmw_face(label, rng), HCMW_FRAMES, rng)
-    write_video(paths["hcmw_video_root"] / f"{clip}.mp4", frames)
+    sound = tone_track(label, HCMW_FRAMES * AUDIO_SAMPLE_RATE // VIDEO_FPS, sound_rng)
+    write_video(paths["hcmw_video_root"] / f"{clip}.mp4", frames, sound)
     for t, image in enumerate(frames):
         write_png(paths["hcmw_frames_root"] / clip / f"{clip}_{t:04d}.png", image)
     write_png(paths["hcmw_image_root"] / clip / f"{clip}_peak_frame.png", frames[HCMW_FRAMES // 2])
@@ -620,6 +639,8 @@ def write_hcmw_clip(paths: dict[str, Path], clip: str, label: str, means: dict, 
     video_vector = means["maeV_199_UTT"][label] + rng.normal(0.0, 0.5, FEATURE_DIM)
     write_vector(paths["hcmw_feature_root"] / "mae_340_UTT" / f"{clip}.npy", face_vector)  # (D,)
     write_vector(paths["hcmw_feature_root"] / "maeV_199_UTT" / f"{clip}.npy", video_vector[None])  # (1, D)
+    audio_vector = means[HCMW_AUDIO_DIR][label] + sound_rng.normal(0.0, 0.5, FEATURE_DIM)
+    write_vector(paths["hcmw_feature_root"] / HCMW_AUDIO_DIR / f"{clip}.npy", audio_vector)  # (D,)
 
 
 # =========================================================================== MER dataset
@@ -673,6 +694,8 @@ def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     paths |= write_checkpoints(out_dir / "weights", seeds)
     paths |= make_hcmw(out_dir / "hcmw", np.random.default_rng(seeds["hcmw"]))
     paths |= make_mer(out_dir / "mer", np.random.default_rng(seeds["mer"]))
+    paths["hubert_dir"] = out_dir / "hubert"
+    write_tiny_hubert(paths["hubert_dir"], seeds["hubert"])
     return paths
 
 

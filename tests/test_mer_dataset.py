@@ -18,6 +18,20 @@ QUESTION = (
     "Please determine which emotion label in the video represents: "
     "happy, sad, neutral, angry, worried, surprise, fear, contempt, doubt."
 )
+# The original's MER2024 question (SPEC section 6) names six labels.
+QUESTIONS = {
+    "feature_face_caption": QUESTION,
+    "mer2024_caption": "Please determine which emotion label in the video represents: happy, sad, neutral, angry, worried, surprise.",
+}
+
+
+def original_instruction(sentence: str, question: str) -> str:
+    """The original's MER instruction, built with its own format string and arguments."""
+    character_line = "The person in video says: {}. ".format(sentence)
+    return "<video><VideoHere></video> <feature><FeatureHere></feature> {} [{}] {} ".format(
+        character_line, "emotion", question
+    )
+
 FIRST_COLOUR, LATER_COLOUR = (200, 40, 40), (40, 40, 200)
 # name, emotion, video suffix, what the person says
 CLIPS = [
@@ -88,7 +102,7 @@ def builder(root, name="feature_face_caption", **overrides):
 def test_defaults(name):
     cfg = registry.get("builder", name)().config
     assert list(cfg.labels) == "neutral angry happy sad worried surprise fear contempt doubt".split()
-    assert cfg.question == QUESTION
+    assert cfg.question == QUESTIONS[name]
     info = cfg.build_info
     assert (info.facemae_dir, info.videomae_dir, info.audio_dir) == ("mae_340_UTT", "maeV_399_UTT", "HL-UTT")
 
@@ -99,10 +113,8 @@ def test_items(mer):
     assert dataset.labels == ["happy", "sad", "doubt"]
     assert dataset.candidate_answers == "neutral angry happy sad worried surprise fear contempt doubt".split()
     item = dataset[0]
-    assert item["instruction_input"] == (
-        "<video><VideoHere></video> <feature><FeatureHere></feature> "
-        f"The person in video says: I love it. [emotion] {QUESTION} "
-    )
+    assert item["instruction_input"] == original_instruction("I love it", QUESTION)
+    assert "I love it.  [emotion]" in item["instruction_input"]  # two spaces, as the original
     assert item["answer"] == item["label"] == "happy"
     assert item["video_id"] == item["image_id"] == "s0"
     assert item["class_weight"] == 1.0
@@ -130,7 +142,7 @@ def test_mp4_preferred_to_avi(mer):
 def test_sentence_en_column_and_configured_labels_and_question(mer):
     write_transcript(mer / "transcript.csv", [(n, f"{s}!") for n, _, _, s in CLIPS], header=("name", "sentence_en"))
     dataset = builder(mer, labels=["happy", "sad", "doubt"], question="Which one?").build("train")
-    assert dataset[1]["instruction_input"].endswith("The person in video says: Leave me alone!. [emotion] Which one? ")
+    assert dataset[1]["instruction_input"].endswith("The person in video says: Leave me alone!.  [emotion] Which one? ")
     assert dataset.candidate_answers == ["happy", "sad", "doubt"]
     assert dataset.vis_processor is not builder(mer).vis_processors["eval"]
 
@@ -253,3 +265,39 @@ def test_on_tiny_assets(tiny_assets):
     assert item["instruction_input"].startswith(
         "<video><VideoHere></video> <feature><FeatureHere></feature> The person in video says: "
     )
+
+
+@pytest.mark.parametrize("name", ["feature_face_caption", "mer2024_caption"])
+def test_instruction_is_the_originals_character_for_character(mer, name):
+    """Each dataset with its default question, for a clip whose transcript is known."""
+    cfg = registry.get("builder", name)().config
+    dataset = builder(mer, question=cfg.question).build("eval")
+    for index, (_, _, _, sentence) in enumerate(CLIPS):
+        assert dataset[index]["instruction_input"] == original_instruction(sentence, QUESTIONS[name])
+
+
+def test_the_second_space_before_emotion_is_one_more_token(tiny_assets, mer):
+    """With a tokenizer that keeps whitespace as LLaMA-2's does, the double space is a lone '▁' piece."""
+    from minigpt4.models.llama_tokenizer import LlamaTokenizer
+
+    tokenizer = LlamaTokenizer.from_folder(tiny_assets["llama_dir"])
+    after_feature = builder(mer).build("eval")[0]["instruction_input"].split("<FeatureHere>")[1]
+    single_space = after_feature.replace(".  [emotion]", ". [emotion]")
+    pieces = [tokenizer.convert_ids_to_tokens(i) for i in tokenizer.encode(after_feature)]
+    assert len(tokenizer.encode(after_feature)) == len(tokenizer.encode(single_space)) + 1
+    start = pieces.index("em") - 2
+    assert pieces[start - 1 : start + 5] == [".", "▁", "▁[", "em", "otion", "]"]
+
+
+@pytest.mark.parametrize("name", ["eval_mer2023.yaml", "eval_mer2024.yaml"])
+def test_shipped_mer_configs_evaluate_as_upstream(name):
+    """Upstream's inference layout and generation length, with the dataset's own question."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "eval_configs" / name)
+    assert cfg.model.legacy_generate_context is True
+    assert cfg.run.max_new_tokens == 500
+    for section in cfg.evaluation_datasets.values():
+        assert "question" not in section  # the dataset default: the original's question

@@ -30,6 +30,7 @@ class ClipFeatures:
     videomae_projected: torch.Tensor  # [B, H]
     image_projected: torch.Tensor  # [B, N, H]
     llama_features: torch.Tensor  # [B, P, H]
+    audio_projected: torch.Tensor | None = None  # [B, H] feats_llama_proj3 of the audio vector; None below 3 streams
 
 
 @registry.register_model("minigpt_v2")
@@ -167,6 +168,7 @@ class MiniGPTv2(MiniGPTBase):
             videomae_projected=visual.streams[:, 1],
             image_projected=visual.image,
             llama_features=hidden,
+            audio_projected=visual.streams[:, 2] if self.num_video_streams >= 3 else None,
         )
 
     def feature_positions(self, instruction: str, positions: Sequence[int | str] | None = None) -> list[ResolvedPosition]:

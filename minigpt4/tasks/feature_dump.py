@@ -1,6 +1,7 @@
 """The mind-wandering feature dump (SPEC section 7): four arrays per clip, streamed to disk.
 
-Per clip: the FaceMAE and VideoMAE projections (H), the projected image tokens (N x H) and
+Per clip: the FaceMAE and VideoMAE projections (H; with ``model.num_video_streams: 3`` also
+the audio projection), the projected image tokens (N x H) and
 the LLM's last hidden states at ``model.llama_feature_positions`` (P x H) of the input
 ``[BOS] + wrapped prompt + answer ""``.  Rows follow ``names.txt``.
 """
@@ -25,6 +26,7 @@ FEATURE_KINDS = {
     "videomae_projected_features": "videomae_projected",
     "image_projected_features": "image_projected",
     "llama_features": "llama_features",
+    "audio_projected_features": "audio_projected",  # only with model.num_video_streams: 3
 }
 
 
@@ -48,6 +50,8 @@ class FeatureDumpTask(BaseTask):
             "image_projected_features": (model.layout.num_image_tokens, hidden),
             "llama_features": (len(positions), hidden),
         }
+        if model.num_video_streams >= 3:
+            row_shapes["audio_projected_features"] = (hidden,)
         manifest = {
             "fingerprint": {
                 "model": OmegaConf.to_container(model_cfg, resolve=True),
@@ -75,8 +79,8 @@ class FeatureDumpTask(BaseTask):
     def step(model, batch: dict, writer: FeatureWriter) -> None:
         features = model.extract_features(batch)
         arrays = {
-            stem: getattr(features, attr).detach().to("cpu", torch.float32).numpy()
-            for stem, attr in FEATURE_KINDS.items()
+            stem: getattr(features, FEATURE_KINDS[stem]).detach().to("cpu", torch.float32).numpy()
+            for stem in writer.row_shapes
         }
         writer.write(batch["row"], arrays)
 

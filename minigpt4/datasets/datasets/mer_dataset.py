@@ -9,6 +9,7 @@ streams, and the transcript CSV gives what the person says, quoted in the instru
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,13 +18,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from minigpt4.datasets.datasets.base_dataset import ClipDataset, check_files, check_unique
+from minigpt4.datasets.datasets.base_dataset import ClipDataset, check_files, check_unique, read_annotation_text
 from minigpt4.datasets.datasets.clip_inputs import read_vector
 from minigpt4.datasets.errors import BadClip, DataError
 from minigpt4.datasets.frames import ClipReadError, read_first_frame
 
-INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> {line}[emotion] {question} "
+# The original's format, kept character for character: the line ends with a space and the
+# format adds another, so two spaces stand before "[emotion]" (LLaMA-2 keeps both: one more
+# token, which the released model was trained with).
+INSTRUCTION = "<video><VideoHere></video> <feature><FeatureHere></feature> {} [{}] {} "
 TRANSCRIPT_LINE = "The person in video says: {sentence}. "
+TASK = "emotion"
 SENTENCE_COLUMNS = ("sentence", "sentence_en")  # the first one the transcript has is used
 VIDEO_SUFFIXES = (".mp4", ".avi")  # tried in this order
 
@@ -36,7 +41,7 @@ class MERRow:
 
 def read_annotation(path: Path) -> list[MERRow]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_annotation_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -49,7 +54,7 @@ def read_annotation(path: Path) -> list[MERRow]:
 
 def read_transcript(path: Path) -> dict[str, str]:
     """clip name -> what the person says."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+    with io.StringIO(read_annotation_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         found = ", ".join(columns) or "(none)"
@@ -131,7 +136,7 @@ class MERDataset(ClipDataset):
 
     def instruction(self, clip: str) -> str:
         line = TRANSCRIPT_LINE.format(sentence=self.sentences[clip])
-        return INSTRUCTION.format(line=line, question=self.question)
+        return INSTRUCTION.format(line, TASK, self.question)
 
     @property
     def labels(self) -> list[str]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on generated tiny stand-ins (random weights, real architectures):
-#   tiny assets -> FaceMAE / VideoMAE vectors -> hcmw feature dump -> MER emotion evaluation
+#   tiny assets -> FaceMAE / VideoMAE / audio vectors -> hcmw feature dump -> MER emotion evaluation
 #   -> short k-fold LoRA fine-tuning.
 # Run through `make demo`; PYTHON and DEMO_DIR may be set by the caller.
 set -euo pipefail
@@ -17,11 +17,13 @@ step() { printf '\n== %s\n' "$*"; }
 step "1/5 tiny weights and datasets -> $TINY_ASSETS"
 "$PYTHON" scripts/make_tiny_assets.py "$TINY_ASSETS"
 
-step "2/5 FaceMAE (face frames) and VideoMAE (videos) vectors -> $DEMO_FEATURES"
+step "2/5 FaceMAE (face frames), VideoMAE (videos) and audio (their sound) vectors -> $DEMO_FEATURES"
 "$PYTHON" extract_mae_embedding.py --input "$TINY_ASSETS/hcmw/frames" --output "$DEMO_FEATURES/mae_340_UTT" \
     --checkpoint "$TINY_ASSETS/weights/mae_face_tiny.pth" --model face_mae_tiny --device cpu --num_workers 0
 "$PYTHON" extract_maeVideo_embedding.py --input "$TINY_ASSETS/hcmw/videos" --output "$DEMO_FEATURES/maeV_199_UTT" \
     --checkpoint "$TINY_ASSETS/weights/video_mae_tiny.pth" --model video_mae_tiny --device cpu --num_workers 0
+"$PYTHON" extract_audio_embedding.py --input "$TINY_ASSETS/hcmw/videos" --output "$DEMO_FEATURES/HL-UTT" \
+    --model_dir "$TINY_ASSETS/hubert" --device cpu --num_workers 0
 
 step "3/5 Emotion-LLaMA features of the mind-wandering clips -> $DEMO_DIR/features"
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo.yaml --dataset hcmw_caption

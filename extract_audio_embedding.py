@@ -1,0 +1,65 @@
+"""HuBERT audio vectors for a folder (or list) of clips: ``<output>/<clip>.npy`` per clip.
+
+A clip is a video (its first audio track) or an audio file (.wav, .flac, .mp3, .m4a, .ogg).
+
+    python extract_audio_embedding.py --input videos/ --output features/HL-UTT \
+        --model_dir weights/chinese-hubert-large
+"""
+
+from __future__ import annotations
+
+import sys
+
+from minigpt4.common.logger import setup_logging
+from minigpt4.datasets.audio_track import is_audio_clip_entry
+from minigpt4.features.audio_extract import extract_audio_features
+from minigpt4.features.encoder_extract import (
+    EXTRACTION_ERRORS,
+    check_device,
+    check_output_path,
+    describe_summary,
+    extraction_argument_parser,
+    list_clips,
+)
+from minigpt4.models.hubert_encoder import HubertAudioEncoder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = extraction_argument_parser(__doc__.splitlines()[0], default_model=None)
+    parser.add_argument(
+        "--model_dir",
+        required=True,
+        help="a Hugging Face HuBERT folder (config.json, weights, optionally preprocessor_config.json)",
+    )
+    parser.add_argument(
+        "--layer", type=int, default=-1, help="hidden-state layer (0 = transformer input, -1 = last; default -1)"
+    )
+    parser.add_argument(
+        "--window_seconds", type=float, default=30.0, help="longest piece of sound encoded at once (default 30)"
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        device = check_device(args.device)
+        check_output_path(args.output)
+        clips = list_clips(args.input, exclude=args.output, is_entry=is_audio_clip_entry)
+        encoder = HubertAudioEncoder.from_pretrained(args.model_dir, args.layer, args.window_seconds)
+        summary = extract_audio_features(
+            encoder,
+            clips,
+            args.output,
+            feature_level=args.feature_level,
+            device=device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+        )
+    except (*EXTRACTION_ERRORS, OSError) as exc:  # OSError: an unreadable model folder
+        raise SystemExit(f"error: {exc}") from exc
+    print(describe_summary(summary, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

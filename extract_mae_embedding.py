@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--global_pool", action="store_true", help="mean of patch tokens through fc_norm instead of the CLS token"
     )
+    parser.add_argument(
+        "--fresh_fc_norm",
+        action="store_true",
+        help="with --global_pool, the checkpoint is a pre-training file without fc_norm (MAE-Face's): use an "
+        "untrained one (weight 1, bias 0) as MAE's fine-tuning recipe does",
+    )
     parser.add_argument("--frames_per_forward", type=int, default=256, help="most frames in one forward pass")
     args = parser.parse_args(argv)
     setup_logging()
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             args,
             FaceMAE,
             extract_face_mae_features,
-            encoder_options={"global_pool": args.global_pool},
+            encoder_options={"global_pool": args.global_pool, "fresh_fc_norm": args.fresh_fc_norm},
             extract_options={"max_frames": args.max_frames, "frames_per_forward": args.frames_per_forward},
         )
     except EXTRACTION_ERRORS as exc:

@@ -13,6 +13,7 @@ from PIL import Image
 from minigpt4.common.registry import registry
 from minigpt4.datasets.frames import ClipReadError, uniform_frame_indices, videomae_frame_indices
 from minigpt4.common import atomic_io
+from minigpt4.features.writer import EXTRACTION_RECORD
 from minigpt4.features.encoder_extract import (
     SKIPPED_REPORT,
     extract_face_mae_features,
@@ -125,7 +126,7 @@ def test_face_max_frames_samples_uniformly(tmp_path, face_model):
         face_model, [write_npy(tmp_path / "clip.npy", frames)], tmp_path / "out", feature_level="FRAME", max_frames=4
     )
     picked = uniform_frame_indices(10, 4)
-    assert picked == [1, 3, 6, 8]
+    assert picked == [0, 3, 6, 9]
     with torch.no_grad():
         expected = face_model(frames_to_model_input(frames[picked], face_model.img_size)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "out" / "clip.npy"), expected, rtol=1e-5, atol=1e-5)
@@ -192,7 +193,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, face_model, monkeypa
     monkeypatch.setattr(atomic_io.np, "save", save_half_then_fail)
     with pytest.raises(KeyboardInterrupt):
         extract_face_mae_features(face_model, [clip], tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [EXTRACTION_RECORD]
 
 
 # ---- bad clips ----------------------------------------------------------------------------
@@ -246,10 +247,10 @@ def test_skip_bad_reports_and_does_the_rest(tmp_path, video_model, make_bad):
     bad_clip, bad_file = make_bad(tmp_path / "in")
     summary = extract_video_mae_features(video_model, [good, bad_clip], tmp_path / "out", skip_bad=True)
     assert summary.done == 1 and [exc.clip for exc in summary.skipped] == ["bad"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.npy", SKIPPED_REPORT]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.npy", EXTRACTION_RECORD, SKIPPED_REPORT]
     with open(tmp_path / "out" / SKIPPED_REPORT, newline="") as handle:
         rows = list(csv.reader(handle, delimiter="\t"))
-    assert rows[0] == ["clip", "file", "reason"]
+    assert rows[0] == ["clip", "file", "problem"]
     assert rows[1][:2] == ["bad", str(bad_file)] and rows[1][2] and len(rows) == 2
 
 

@@ -138,10 +138,32 @@ def test_missing_encoder_tensor_is_named(tmp_path):
         tiny(checkpoint=save(tmp_path, sd))
 
 
-def test_global_pool_needs_fc_norm(tmp_path):
-    # a pre-training file has no fc_norm: global pooling cannot be loaded from it
-    with pytest.raises(CheckpointError, match=r"fc_norm\.weight"):
+def test_global_pool_on_a_pretraining_file_names_the_flag(tmp_path):
+    # MAE-Face's file: timm names, decoder and mask token, no fc_norm
+    with pytest.raises(CheckpointError, match="--fresh_fc_norm"):
         tiny(global_pool=True, checkpoint=save(tmp_path, mae_state_dict()))
+
+
+def test_fresh_fc_norm_is_mae_finetuning_on_a_pretraining_file(tmp_path):
+    # MAE's recipe loads the pre-training file into a global-pooling ViT: fc_norm keeps its
+    # initial weight 1, bias 0, and the pre-training norm is left out
+    sd = mae_state_dict()
+    model = tiny(global_pool=True, fresh_fc_norm=True, checkpoint=save(tmp_path, sd)).eval()
+    pixels = images()
+    expected_sd = sd | {"fc_norm.weight": torch.ones(WIDTH), "fc_norm.bias": torch.zeros(WIDTH)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels), reference_forward(expected_sd, pixels, GRID, True), atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_fc_norm_keeps_a_trained_fc_norm(tmp_path):
+    sd = mae_state_dict(fc_norm=True)
+    model = tiny(global_pool=True, fresh_fc_norm=True, checkpoint=save(tmp_path, sd))
+    torch.testing.assert_close(model.fc_norm.weight.detach(), sd["fc_norm.weight"], rtol=0, atol=0)
+
+
+def test_fresh_fc_norm_without_global_pool_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--global_pool"):
+        tiny(fresh_fc_norm=True, checkpoint=save(tmp_path, mae_state_dict()))
 
 
 def test_unknown_tensor_is_named(tmp_path):

@@ -56,7 +56,10 @@ def test_videomae_indices_on_one_frame():
 
 
 def test_uniform_indices():
-    assert uniform_frame_indices(10, 4) == [1, 3, 6, 8]  # the middle frame of each quarter of the clip
+    # MAE-Face's sampling: linspace(0, T - 1, N) truncated, both ends included
+    assert uniform_frame_indices(10, 4) == [0, 3, 6, 9]  # 0, 3, 6, 9 exactly
+    assert uniform_frame_indices(100, 7) == [0, 16, 33, 49, 66, 82, 99]  # 16.5 -> 16, 49.5 -> 49, 82.5 -> 82
+    assert uniform_frame_indices(5, 1) == [0]
     assert uniform_frame_indices(7) == list(range(7))
     assert uniform_frame_indices(7, 7) == uniform_frame_indices(7, 50) == list(range(7))
     for total, wanted in [(100, 7), (13, 12), (1000, 3)]:

@@ -61,6 +61,12 @@ def load_checkpoint(
 ) -> Any:
     """Read a ``torch.save`` file safely; ``what`` names the config key in error messages."""
     local = resolve_path(path, what)
+    with open(local, "rb") as handle:
+        # torch.save writes a zip archive (PK), older versions a pickle (protocol opcode 0x80);
+        # other bytes (a text file) would make the unpickler fail with any exception at all
+        head = handle.read(2)
+        if head != b"PK" and head[:1] != b"\x80":
+            raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint (not a torch.save file)")
     try:
         return torch.load(local, map_location=map_location, weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as exc:
@@ -70,7 +76,8 @@ def load_checkpoint(
             raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc
         raise CheckpointError(
             f"{what}: {local} holds objects that cannot be read safely (weights_only=True). "
-            f"If you trust this file, set trust_checkpoint: true in the config. Detail: {exc}"
+            "If you trust this file, set model.trust_checkpoint: true in the config (--trust-checkpoint on the "
+            f"encoder commands). Detail: {exc}"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -121,10 +122,16 @@ class Config:
         for item in options:
             if "=" not in item:
                 raise ConfigError(f"--options {item!r}: expected key=value, e.g. run.batch_size_train=2")
-        try:
-            return OmegaConf.from_dotlist(options)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"--options: {exc}") from exc
+        parsed = []
+        for item in options:  # one by one, so the error names the item
+            try:
+                parsed.append(OmegaConf.from_dotlist([item]))
+            except (OmegaConfBaseException, yaml.YAMLError) as exc:  # a value YAML cannot read: "[1,2", '"'
+                problem = str(exc).strip().splitlines()[0]
+                raise ConfigError(
+                    f"--options {item!r}: the value is not valid YAML ({problem}); close brackets and quotes"
+                ) from None
+        return OmegaConf.merge(*parsed) if parsed else OmegaConf.create()
 
     @staticmethod
     def _model_defaults(wanted: DictConfig) -> DictConfig:

@@ -3,15 +3,18 @@
 A clip is a folder of image frames (taken in name order), a ``.npy`` array [T, H, W, C] of
 uint8, or a video file decoded with decord.  :func:`open_clip_frames` checks what can be
 checked without decoding every frame (the frames exist, how many, their sizes) and returns a
-:class:`ClipFrames` whose ``read`` decodes only the frames asked for.  Every problem is a
-:class:`ClipReadError` that names the clip, the file and what is wrong.
+:class:`ClipFrames` whose ``read`` decodes only the frames asked for, one at a time, and
+resizes each as soon as it is decoded, so a clip of huge frames costs memory for one frame
+at full size plus the resized ones.  Every problem is a :class:`ClipReadError` that names
+the clip, the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +37,56 @@ class ClipReadError(ValueError):
     def __str__(self) -> str:
         return f"clip {self.clip!r} ({self.path}): {self.problem}"
 
+    @property
+    def file(self) -> str:  # the name skip reports use (:class:`~minigpt4.datasets.errors.BadClip`)
+        return self.path
+
 
 def clip_name(path: str | os.PathLike) -> str:
-    """The clip id an entry stands for: a folder's name, a file's name without its suffix."""
+    """The clip id an entry stands for: a folder's name, a file's name without its suffix.
+
+    In Unicode normal form C, as annotations and other file systems write it (macOS hands
+    out decomposed names), so the id of ``é`` is the same however the name was stored.
+    """
     path = Path(path)
-    return path.name if path.is_dir() else path.stem
+    return unicodedata.normalize("NFC", path.name if path.is_dir() else path.stem)
+
+
+# PIL's modes of 16-bit greyscale (PNG); 16-bit RGB PNGs already open as 8-bit "RGB"
+_DEEP_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``image``, whatever its bit depth.
+
+    PIL's ``convert("RGB")`` clips 16-bit greyscale to 255 (an all-white picture); the top 8
+    bits are the picture PIL itself keeps of a 16-bit RGB PNG, so greyscale gets the same.
+    """
+    if image.mode in _DEEP_GREY_MODES:
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
+
+
+def npy_load_problem(exc: Exception) -> str:
+    """What ``np.load`` failing with ``exc`` means for a user."""
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut off"
+    if "pickle" in str(exc):  # numpy's words for any bytes without the .npy header
+        return "no .npy header (is it a text file or another format?)"
+    return str(exc)
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [size[0], size[1], 3]: the MER baseline's path.
+
+    The baseline resized PIL images with torchvision's ``Resize((224, 224))``, which for a
+    PIL image is PIL's bilinear resize (with its own antialiasing); this is that call.
+    """
+    if size is None or frame.shape[:2] == tuple(size):
+        return frame
+    height, width = size
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def is_clip_entry(path: Path) -> bool:
@@ -47,7 +95,8 @@ def is_clip_entry(path: Path) -> bool:
 
 
 class ClipFrames(ABC):
-    """The frames of one clip; ``read`` returns uint8 RGB [n, H, W, 3] for the given indices."""
+    """The frames of one clip; ``read`` returns uint8 RGB [n, H, W, 3] for the given indices,
+    or [n, size[0], size[1], 3] when a ``size`` is given."""
 
     def __init__(self, clip: str, path: Path):
         self.clip, self.path = clip, path
@@ -57,16 +106,17 @@ class ClipFrames(ABC):
     def num_frames(self) -> int: ...
 
     @abstractmethod
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
-        """Decode sorted, distinct ``indices``."""
+    def _decode(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        """Yield the frames at sorted, distinct ``indices`` one by one, uint8 [H, W, 3]."""
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= self.num_frames):
             raise IndexError(f"clip {self.clip!r}: frame indices must lie in [0, {self.num_frames}), got {indices}")
         # samplings repeat frames (VideoMAE on short clips); decode each one once
         distinct, position = np.unique(indices, return_inverse=True)
-        return self._read_distinct(distinct)[position]
+        frames = [resize_frame(frame, size) for frame in self._decode(distinct)]
+        return np.stack(frames)[position]
 
     def error(self, problem: str, path: str | os.PathLike | None = None) -> ClipReadError:
         return ClipReadError(self.clip, path or self.path, problem)
@@ -102,19 +152,17 @@ class FrameFolder(ClipFrames):
         except (UnidentifiedImageError, OSError) as exc:
             raise self.error(f"unreadable image: {exc}", file) from exc
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
-        frames = []
+    def _decode(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         for index in indices:
             file = self.files[index]
             try:
                 with Image.open(file) as image:
-                    frame = np.asarray(image.convert("RGB"))
+                    frame = np.asarray(image_to_rgb(image))
             except (UnidentifiedImageError, OSError) as exc:
                 raise self.error(f"unreadable image: {exc}", file) from exc
             if frame.shape[1::-1] != self.size:
                 raise self.error(f"frame size changed while reading (now {frame.shape[1]}x{frame.shape[0]})", file)
-            frames.append(frame)
-        return np.stack(frames)
+            yield frame
 
 
 class FrameArray(ClipFrames):
@@ -122,10 +170,12 @@ class FrameArray(ClipFrames):
 
     def __init__(self, clip: str, path: Path):
         super().__init__(clip, path)
+        if path.stat().st_size == 0:
+            raise self.error("the .npy file is empty (0 bytes)")
         try:
-            self.array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise self.error(f"not a readable .npy array: {exc}") from exc
+            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise self.error(f"not a readable .npy array: {npy_load_problem(exc)}") from exc
         if self.array.ndim != 4 or self.array.shape[-1] != 3 or self.array.dtype != np.uint8:
             raise self.error(f"expected uint8 frames of shape (T, H, W, 3), got {self.array.dtype} {self.array.shape}")
         if self.array.shape[0] == 0:
@@ -135,8 +185,9 @@ class FrameArray(ClipFrames):
     def num_frames(self) -> int:
         return self.array.shape[0]
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.array[indices])
+    def _decode(self, indices: np.ndarray) -> Iterator[np.ndarray]:
+        for index in indices:
+            yield np.ascontiguousarray(self.array[index])
 
 
 class VideoFile(ClipFrames):
@@ -160,13 +211,17 @@ class VideoFile(ClipFrames):
     def num_frames(self) -> int:
         return len(self.reader)
 
-    def _read_distinct(self, indices: np.ndarray) -> np.ndarray:
+    def _decode(self, indices: np.ndarray) -> Iterator[np.ndarray]:
         import decord
 
-        try:
-            return self.reader.get_batch(indices.tolist()).asnumpy()
-        except (RuntimeError, decord.DECORDError) as exc:
-            raise self.error(f"frames {indices.tolist()} cannot be decoded: {_first_line(exc)}") from exc
+        # one frame per call: decord reads on from where it stopped without seeking again,
+        # and only one full-size frame is held at a time
+        for index in indices.tolist():
+            try:
+                frame = self.reader.get_batch([index]).asnumpy()[0]
+            except (RuntimeError, decord.DECORDError) as exc:
+                raise self.error(f"frame {index} cannot be decoded: {_first_line(exc)}") from exc
+            yield frame
 
 
 def _first_line(exc: Exception) -> str:
@@ -218,12 +273,12 @@ def videomae_frame_indices(
 
 
 def uniform_frame_indices(num_frames: int, max_frames: int | None = None) -> list[int]:
-    """Every frame, or ``max_frames`` spread evenly: the middle frame of each of that many equal parts."""
+    """Every frame, or ``max_frames`` of them as the MAE-Face extraction sampled:
+    ``linspace(0, T - 1, max_frames)`` truncated to integers, first and last frame included."""
     if num_frames < 1:
         raise ValueError(f"a clip needs at least one frame, got {num_frames}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     if max_frames is None or max_frames >= num_frames:
         return list(range(num_frames))
-    # integer form of floor((i + 0.5) * T / n): exact, strictly increasing
-    return [(2 * i + 1) * num_frames // (2 * max_frames) for i in range(max_frames)]
+    return np.linspace(0, num_frames - 1, max_frames).astype(np.int64).tolist()

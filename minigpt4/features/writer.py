@@ -14,8 +14,13 @@ Two layouts:
   its files exist.
 
 ``manifest.json`` records the fingerprint of what produced the files (config, weights,
-positions, dtype, names); a rerun with a different fingerprint is refused unless told to
-overwrite, so outputs of two configs are never mixed.
+positions, dtype, names, batch size); a rerun with a different fingerprint is refused unless
+told to overwrite, so outputs of two configs are never mixed.  The encoder commands keep the
+same rule for their folders of per-clip files through :func:`check_output_fingerprint`.
+
+Batches are fixed by row index (batch k of a process is always the same rows), and a resumed
+run recomputes whole batches: a model's numbers can depend on what else is in the batch (the
+rounding of a batched matmul), so only the same batches give the same bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from minigpt4.common.atomic_io import save_npy_atomic, write_text_atomic
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+EXTRACTION_RECORD = "extraction.json"  # the fingerprint of a folder of per-clip encoder vectors
 NAMES = "names.txt"
 PROGRESS = ".rows_done.npy"
 LAYOUTS = ("stacked", "per_clip")
@@ -50,6 +56,23 @@ def names_digest(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
+def value_range_problem(kind: str, batch: np.ndarray, dtype: np.dtype) -> str | None:
+    """Why ``batch`` cannot be stored as ``dtype`` (finite values beyond its range), or None.
+
+    Casting would turn them into inf while the manifest calls the file complete.
+    """
+    if dtype.kind != "f" or not batch.size:
+        return None
+    limit = np.finfo(dtype).max
+    finite = batch[np.isfinite(batch)]
+    if finite.size and np.abs(finite).max() > limit:
+        return (
+            f"{kind}: a value of {np.abs(finite).max():.6g} does not fit {dtype.name} (largest {float(limit):.6g}); "
+            "set run.feature_dtype: float32"
+        )
+    return None
+
+
 def fingerprint_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ (``model.llama_feature_positions``), for the refusal message."""
     changed = []
@@ -61,6 +84,60 @@ def fingerprint_differences(old: Mapping, new: Mapping, prefix: str = "") -> lis
         elif before != after:
             changed.append(dotted)
     return changed
+
+
+def check_output_fingerprint(
+    output_dir: str | os.PathLike, settings: Mapping, overwrite: bool, outputs: str = "*.npy"
+) -> bool:
+    """Whether a folder of per-clip files (``outputs``) may take the files of a run with
+    ``settings``, the fingerprint rule of the dump for the encoder commands.
+
+    Creates and removes nothing, so it can run before any other check.  Returns True when the
+    earlier files must go first (``overwrite`` and other settings, or files of unknown
+    settings); raises :class:`FeatureOutputError` naming what differs when not ``overwrite``.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FeatureOutputError(f"output {output_dir}: is a file, not a folder")
+    settings = json.loads(json.dumps(settings))  # as the record gives it back
+    record = output_dir / EXTRACTION_RECORD
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:  # unreadable JSON: settings unknown
+            previous = None
+        if previous == settings:
+            return False
+        changed = fingerprint_differences(previous if isinstance(previous, Mapping) else {}, settings)
+        reason = f"holds files made with other settings (differs in: {', '.join(changed)})"
+    else:
+        existing = list(output_dir.glob(outputs)) if output_dir.is_dir() else []
+        if not existing:
+            return False
+        reason = f"holds {len(existing)} {outputs} file(s) made with unknown settings (no {EXTRACTION_RECORD})"
+    if not overwrite:
+        raise FeatureOutputError(
+            f"{output_dir} {reason}; refusing to mix them. Pass --overwrite to replace them, or choose another --output"
+        )
+    logger.warning("%s %s: replacing them (--overwrite)", output_dir, reason)
+    return True
+
+
+def record_output_fingerprint(
+    output_dir: str | os.PathLike, settings: Mapping, replace: bool, outputs: str = "*.npy"
+) -> None:
+    """Create ``output_dir`` (call it once every input check has passed), remove the earlier
+    ``outputs`` when ``replace`` (what :func:`check_output_fingerprint` returned) and record
+    ``settings`` in its ``extraction.json``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if replace:
+        for old in output_dir.glob(outputs):
+            old.unlink()
+    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+    record = output_dir / EXTRACTION_RECORD
+    if not record.is_file() or record.read_text(encoding="utf-8") != text:  # a resumed run leaves it as it is
+        write_text_atomic(record, text)
 
 
 class FeatureWriter:
@@ -80,11 +157,15 @@ class FeatureWriter:
         dtype: str = "float16",
         layout: str = "stacked",
         overwrite: bool = False,
+        batch_size: int = 1,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"run.feature_layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
         if dtype not in DTYPES:
             raise ValueError(f"run.feature_dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"run.batch_size: must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
         self.out_dir = Path(out_dir)
         self.names = list(names)
         self.row_shapes = {kind: tuple(shape) for kind, shape in row_shapes.items()}
@@ -93,7 +174,11 @@ class FeatureWriter:
         self.overwrite = overwrite
         self.manifest = dict(manifest)
         fingerprint = dict(
-            manifest.get("fingerprint", {}), dtype=dtype, layout=layout, names_sha256=names_digest(self.names)
+            manifest.get("fingerprint", {}),
+            dtype=dtype,
+            layout=layout,
+            names_sha256=names_digest(self.names),
+            batch_size=batch_size,  # batches decide the last bits of the numbers
         )
         # As manifest.json will give it back (tuples become lists), so equal settings compare equal.
         self.manifest["fingerprint"] = json.loads(json.dumps(fingerprint))
@@ -112,7 +197,11 @@ class FeatureWriter:
 
     # ---- opening --------------------------------------------------------------------------
     def open(self) -> list[int]:
-        """Prepare the folder (main process), then return this process's rows still to do."""
+        """Prepare the folder (main process), then return this process's rows still to do.
+
+        They are whole batches of ``batch_size`` of this process's rows: cut again into
+        ``batch_size`` pieces they give exactly the batches of an uninterrupted run.
+        """
         if dist_utils.is_main_process():
             self._prepare()
         dist_utils.barrier()
@@ -120,7 +209,19 @@ class FeatureWriter:
             done_path = self.out_dir / PROGRESS
             self._done = np.load(done_path, mmap_mode="r+") if done_path.exists() else None
         rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-        return [row for row in range(len(self.names)) if row % world == rank and not self.is_done(row)]
+        mine = list(range(rank, len(self.names), world))
+        batches = [mine[start : start + self.batch_size] for start in range(0, len(mine), self.batch_size)]
+        todo = [row for batch in batches if not all(self.is_done(row) for row in batch) for row in batch]
+        if dist_utils.is_main_process():
+            self._log_progress()
+        return todo
+
+    def _log_progress(self) -> None:
+        done = sum(self.is_done(row) for row in range(len(self.names)))
+        if done == len(self.names):
+            logger.info("%s: already complete (%d rows); nothing to do", self.out_dir, done)
+        elif done:
+            logger.info("%s: resuming, %d of %d rows still to do", self.out_dir, len(self.names) - done, len(self.names))
 
     def _prepare(self) -> None:
         manifest_path = self.out_dir / MANIFEST
@@ -177,6 +278,10 @@ class FeatureWriter:
             batch = arrays[kind]
             if batch.shape != (len(rows), *shape):
                 raise ValueError(f"{kind}: expected rows of shape {shape}, got a batch of {batch.shape}")
+            problem = value_range_problem(kind, batch, self.dtype)
+            if problem:
+                clips = ", ".join(self.names[row] for row in rows)
+                raise FeatureOutputError(f"{self.out_dir}: clips {clips}: {problem}")
         if self.layout == "per_clip":
             for i, row in enumerate(rows):
                 for kind in self.row_shapes:

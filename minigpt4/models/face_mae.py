@@ -6,6 +6,11 @@ token after the final norm, or with ``global_pool`` the mean of the patch tokens
 ``fc_norm`` (MAE's fine-tuning head; timm then has no final norm, exactly as MAE deletes it).
 MAE-Face's ``mae_checkpoint-340.pth`` uses timm's names, so loading it only drops the
 pre-training decoder and resizes the position table when the patch grid differs.
+
+A pre-training file has no ``fc_norm``.  MAE's fine-tuning recipe loads it into a
+global-pooling model anyway, which leaves ``fc_norm`` at its initial values (weight 1,
+bias 0); ``fresh_fc_norm`` does that on request (the flag VideoMAE has for the same case),
+and without it such a file is refused with global pooling.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ import torch
 from timm.layers import LayerNorm, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
+from minigpt4.common.checkpoint_io import (
+    CheckpointError,
+    LoadReport,
+    apply_state_dict,
+    load_checkpoint,
+    unwrap_state_dict,
+)
 from minigpt4.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -106,11 +117,32 @@ def face_mae_checkpoint_filter(
     return tensors, ignored
 
 
-def load_face_mae_checkpoint(model: FaceMAE, path: str | os.PathLike, trust_checkpoint: bool = False) -> LoadReport:
-    """Load an MAE-Face file (``{"model": ...}`` or raw) into ``model``; every tensor must land."""
+def load_face_mae_checkpoint(
+    model: FaceMAE, path: str | os.PathLike, trust_checkpoint: bool = False, fresh_fc_norm: bool = False
+) -> LoadReport:
+    """Load an MAE-Face file (``{"model": ...}`` or raw) into ``model``; every tensor must land.
+
+    With global pooling, a file without ``fc_norm`` (MAE pre-training) is refused unless
+    ``fresh_fc_norm``, which gives the model an untrained one (weight 1, bias 0) as MAE's
+    fine-tuning recipe does when it loads such a file.
+    """
     what = f"FaceMAE checkpoint {path}"
+    if fresh_fc_norm and not model.uses_global_pool:
+        raise ValueError(
+            "--fresh_fc_norm applies to --global_pool only (the CLS feature goes through norm, not fc_norm)"
+        )
     state_dict = unwrap_state_dict(load_checkpoint(path, "FaceMAE checkpoint", trust_checkpoint), what)
     tensors, ignored = face_mae_checkpoint_filter(state_dict, model)
+    if model.uses_global_pool and "fc_norm.weight" not in tensors:
+        if not fresh_fc_norm:
+            raise CheckpointError(
+                f"{what} has no fc_norm (an MAE pre-training file), which --global_pool needs; pass "
+                "--fresh_fc_norm to use an untrained fc_norm (weight 1, bias 0) as MAE's fine-tuning recipe does, "
+                "or drop --global_pool to use the CLS token"
+            )
+        tensors["fc_norm.weight"] = torch.ones_like(model.fc_norm.weight)
+        tensors["fc_norm.bias"] = torch.zeros_like(model.fc_norm.bias)
+        logger.warning("%s has no fc_norm: using a fresh one (weight 1, bias 0) as MAE's fine-tuning recipe does", what)
     report = apply_state_dict(model, tensors, what)
     report.unexpected.extend(ignored)  # kept out of apply_state_dict on purpose
     logger.info("%s: %s", what, report.describe())
@@ -128,18 +160,19 @@ def build_face_mae(
     global_pool: bool = False,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    fresh_fc_norm: bool = False,
 ) -> FaceMAE:
     """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
     model = FaceMAE(img_size, patch_size, width, depth, num_heads, mlp_ratio, global_pool)
     if checkpoint is not None:
-        load_face_mae_checkpoint(model, checkpoint, trust_checkpoint)
+        load_face_mae_checkpoint(model, checkpoint, trust_checkpoint, fresh_fc_norm)
     return model
 
 
 # Registered variants (architecture and default input size), timm-style: MAE-Face ViT-L/16
 # (width 1024, 24 blocks, 16 heads, 4096 MLP units) and the same layout at a few hundred
-# kilobytes for tests and the demo.  Callers may override img_size, global_pool, checkpoint
-# and trust_checkpoint.
+# kilobytes for tests and the demo.  Callers may override img_size, global_pool, checkpoint,
+# trust_checkpoint and fresh_fc_norm.
 FACE_MAE_VARIANTS = {
     "face_mae_vit_large": dict(img_size=224, patch_size=16, width=1024, depth=24, num_heads=16, mlp_ratio=4.0),
     "face_mae_tiny": dict(img_size=64, patch_size=16, width=64, depth=2, num_heads=4, mlp_ratio=4.0),

@@ -7,7 +7,6 @@ before any output is written.  The dataset's builder names the task that evaluat
 
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -24,17 +23,14 @@ from minigpt4.tasks.base_task import BaseTask
 
 logger = logging.getLogger(__name__)
 
-SKIPPED_REPORT = "skipped.tsv"
 
-
-def write_skipped_report(path: Path, skipped) -> None:
-    """``skipped.tsv``: one line per clip left out, with the file and the reason."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["clip", "file", "problem"])
-        for bad in skipped:
-            writer.writerow([bad.clip, bad.file, bad.problem])
+def check_loader_settings(run_cfg) -> None:
+    """The ``run`` values the loop needs, checked before any output exists (a DataLoader
+    refusing them later would leave a created, empty output folder behind)."""
+    for key, smallest in (("batch_size", 1), ("num_workers", 0)):
+        value = run_cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            raise ConfigError(f"run.{key}: must be an integer of at least {smallest}, got {value!r}")
 
 
 @registry.register_runner("runner_eval")
@@ -67,6 +63,7 @@ class RunnerEval:
         return BaseTask.build_dataset(name, section, "eval", fold)
 
     def run(self) -> dict:
+        check_loader_settings(self.run_cfg)
         dist_utils.init_distributed()
         setup_logging(self.run_cfg.log_level)  # after init: it needs the rank
         seed_everything(self.run_cfg.seed)
@@ -88,11 +85,10 @@ class RunnerEval:
         writer, rows = task.open_writer(model, dataset, out_dir, self.cfg.model_cfg, self.sections[name])
         # Only once the writer has accepted the folder: a refused rerun keeps the earlier report.
         if dist_utils.is_main_process():
-            report = out_dir / SKIPPED_REPORT
             if dataset.skipped:
-                write_skipped_report(report, dataset.skipped)
+                write_skipped_report(out_dir, dataset.skipped)
             else:
-                report.unlink(missing_ok=True)  # left by a run this one overwrote
+                (out_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # left by a run this one overwrote
         loader = row_loader(dataset, rows, self.run_cfg.batch_size, self.run_cfg.num_workers)
         progress = tqdm(loader, desc=name, disable=not dist_utils.is_main_process(), unit="batch")
         with torch.inference_mode():

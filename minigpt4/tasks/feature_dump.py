@@ -72,6 +72,7 @@ class FeatureDumpTask(BaseTask):
             dtype=self.run_cfg.feature_dtype,
             layout=self.run_cfg.feature_layout,
             overwrite=self.run_cfg.overwrite,
+            batch_size=self.run_cfg.batch_size,  # the runner's batches: a resume redoes whole ones
         )
         return writer, writer.open()
 

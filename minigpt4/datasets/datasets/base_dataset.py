@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections import Counter
 from pathlib import Path
@@ -76,6 +77,21 @@ def check_files(clip: str, checks: Iterable[tuple[Path, Callable[[Path], Any]]])
         except UnusableFile as exc:
             bad.append(BadClip(clip, str(path), str(exc)))
     return bad
+
+
+def read_annotation_text(path: Path) -> str:
+    """The text of an annotation: UTF-8 (with or without the BOM spreadsheets write), or
+    UTF-16 with its BOM.  Other encodings (Latin-1, Windows code pages) cannot be told apart
+    from each other reliably, so they are a :class:`DataError` naming the file, not a guess."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text (byte {data[exc.start]:#04x} at "
+            f"offset {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def check_unique(clips: Sequence[str], annotation: Path) -> None:

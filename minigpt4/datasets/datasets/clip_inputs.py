@@ -14,6 +14,8 @@ from typing import BinaryIO, Callable
 import numpy as np
 from PIL import Image
 
+from minigpt4.datasets.frames import image_to_rgb, npy_load_problem
+
 NUMERIC_KINDS = "fiu"  # numpy dtype kinds a feature vector may hold: float, int, unsigned
 
 
@@ -48,13 +50,15 @@ def _check_decodes(open_image: Callable[[], Image.Image]) -> None:
 def open_rgb(source: Path | BinaryIO) -> Image.Image:
     """The image of a file, or of an open binary stream (``io.BytesIO`` of a shard's PNG)."""
     with Image.open(source) as image:
-        return image.convert("RGB")
+        return image_to_rgb(image)  # 16-bit greyscale too, which convert("RGB") turns white
 
 
 def read_vector(path: Path, dim: int) -> np.ndarray:
     """The float32 vector (dim,) stored at ``path`` as (dim,) or (1, dim), all values finite."""
     if not path.is_file():
         raise UnusableFile("missing feature vector")
+    if path.stat().st_size == 0:
+        raise UnusableFile("empty file (0 bytes); expected a .npy array")
     return _checked_vector(path, dim)
 
 
@@ -66,8 +70,10 @@ def vector_from_bytes(data: bytes, dim: int) -> np.ndarray:
 def _checked_vector(source: Path | BinaryIO, dim: int) -> np.ndarray:
     try:
         array = np.load(source, allow_pickle=False)
+    except EOFError as exc:
+        raise UnusableFile("empty or cut-off file; expected a .npy array") from exc
     except (OSError, ValueError) as exc:
-        raise UnusableFile(f"not a readable .npy array: {exc}") from exc
+        raise UnusableFile(f"not a readable .npy array: {npy_load_problem(exc)}") from exc
     if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
         raise UnusableFile("not a single .npy array")
     if array.shape not in ((dim,), (1, dim)):

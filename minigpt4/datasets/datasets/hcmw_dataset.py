@@ -9,6 +9,7 @@ the same clean rows and the class weights count only clips that are used.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +19,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from minigpt4.datasets.datasets.base_dataset import SPLITS, ClipDataset, check_files, check_unique
+from minigpt4.datasets.datasets.base_dataset import (
+    SPLITS,
+    ClipDataset,
+    check_files,
+    check_unique,
+    read_annotation_text,
+)
 from minigpt4.datasets.datasets.clip_inputs import check_image, open_rgb, read_vector
 from minigpt4.datasets.errors import BadClip, DataError
 
@@ -36,7 +43,7 @@ class HCMWRow:
 
 def read_annotation(path: Path) -> list[HCMWRow]:
     """Every row of the CSV; a missing column or a non-integer fold stops here."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+    with io.StringIO(read_annotation_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         for column in REQUIRED_COLUMNS:

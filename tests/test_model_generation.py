@@ -174,27 +174,28 @@ def test_batched_generation_equals_one_by_one_and_the_uncached_reference(request
 def test_generation_stops_at_eos_and_appends_nothing_after_it(model, samples, sp):
     model = copy.deepcopy(model)
     eos = sp.eos_id()
-    mind, wandering, sad = (sp.piece_to_id(p) for p in ("mind", "▁wandering", "▁sad"))
-    assert sp.unk_id() not in (mind, wandering, sad)
+    mind, wand, ering, sad = (sp.piece_to_id(p) for p in ("▁mind", "▁wand", "ering", "▁sad"))
+    assert sp.unk_id() not in (mind, wand, ering, sad)
     script = [
-        [mind, wandering, eos, mind, mind, mind],  # stops after 2 tokens, then the head would go on
-        [sad, eos, wandering, wandering],  # stops after 1
-        [mind, mind, wandering, sad, eos, mind],  # stops after 4: the last row to finish
+        [mind, wand, ering, eos, mind, mind, mind],  # stops after 3 tokens, then the head would go on
+        [sad, eos, wand, wand],  # stops after 1
+        [mind, mind, wand, ering, sad, eos, mind],  # stops after 5: the last row to finish
     ]
     with swapped_lm_head(model, ScriptedHead(model.causal_lm.config.vocab_size, script)) as head:
         texts = model.generate(samples, max_new_tokens=20)
-    assert texts == [decode(sp, [mind, wandering]), decode(sp, [sad]), decode(sp, [mind, mind, wandering, sad])]
+    assert texts == [decode(sp, [mind, wand, ering]), decode(sp, [sad]), decode(sp, [mind, mind, wand, ering, sad])]
     assert texts[0] == "mind wandering"
-    assert head.calls == 5  # generation ends once every row has produced EOS
+    assert head.calls == 6  # generation ends once every row has produced EOS
 
 
 def test_generation_stops_at_max_new_tokens(model, samples, sp):
     model = copy.deepcopy(model)
-    mind = sp.piece_to_id("▁wandering")
-    with swapped_lm_head(model, ScriptedHead(model.causal_lm.config.vocab_size, [[mind]] * 3)) as head:
+    sad = sp.piece_to_id("▁sad")
+    assert sad != sp.unk_id()
+    with swapped_lm_head(model, ScriptedHead(model.causal_lm.config.vocab_size, [[sad]] * 3)) as head:
         texts = model.generate(samples, max_new_tokens=4)
     assert head.calls == 4
-    assert texts == ["wandering wandering wandering wandering"] * 3
+    assert texts == ["sad sad sad sad"] * 3
 
 
 # --------------------------------------------------------------------------- generation contexts

@@ -281,3 +281,22 @@ def test_out_of_range_slot_names_fail_before_the_llm_loads(tiny_assets, monkeypa
     for positions in (["image:64"], ["stream:5"], ["cls", "nonsense"]):
         with pytest.raises(ConfigError, match=r"model\.llama_feature_positions"):
             build_model(tiny_assets, llama_feature_positions=positions)
+
+
+@pytest.mark.parametrize("positions", ["[image2]", "[6, 'stream:x']", "[-3]"])
+def test_malformed_positions_are_refused_by_config_validation(tiny_assets, tmp_path, positions):
+    """The syntax is checked with the rest of the config, before any model is built."""
+    import argparse
+
+    from minigpt4.common.config import Config, ConfigError
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(
+        f"model: {{arch: minigpt_v2, model_type: tiny, llama_model: {tiny_assets['llama_dir']}, "
+        f"vit_checkpoint: {tiny_assets['eva_ckpt']}, llama_feature_positions: {positions}}}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"model\.llama_feature_positions"):
+        Config(argparse.Namespace(cfg_path=cfg_path, options=[]), default_runner="runner_eval")
+    cfg_path.write_text(cfg_path.read_text().replace(positions, "[image:2, cls, prompt:-1, 7]"), encoding="utf-8")
+    Config(argparse.Namespace(cfg_path=cfg_path, options=[]), default_runner="runner_eval")

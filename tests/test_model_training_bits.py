@@ -222,9 +222,12 @@ def test_extract_features_truncated_path_equals_full_sequence(model):
     full = model.extract_features(samples, positions, full_sequence=True)
     assert fast.llama_features.shape == (3, len(positions), HIDDEN)
     torch.testing.assert_close(fast.llama_features, full.llama_features, rtol=1e-5, atol=1e-5)
-    default = model.extract_features(samples)
-    assert default.llama_features.shape == (3, 4, HIDDEN)  # llama_feature_positions [6, 7, 8, 9]
-    torch.testing.assert_close(default.llama_features, full.llama_features[:, 1:5], rtol=1e-5, atol=1e-5)
+    default = model.extract_features(samples)  # llama_feature_positions [image:2, ..., image:5]
+    assert default.llama_features.shape == (3, 4, HIDDEN)
+    image_2_to_5 = [p.index for p in model.feature_positions(HCMW_INSTRUCTION)]
+    assert image_2_to_5 == [9, 10, 11, 12]  # the template: <s> ▁[ INST ] ▁< video >, then image tokens
+    reference = model.extract_features(samples, image_2_to_5, full_sequence=True)
+    torch.testing.assert_close(default.llama_features, reference.llama_features, rtol=1e-5, atol=1e-5)
 
 
 def test_extract_features_full_sequence_is_the_final_normed_hidden_state(model):

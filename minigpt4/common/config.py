@@ -176,6 +176,10 @@ class Config:
                 check_against_defaults(values or {}, reference[section][name], f"{section}.{name}")
 
         model_cls = registry.get("model", resolved["model"]["arch"])
+        # The model's own checks of its values (e.g. the syntax of named feature positions).
+        check_model = getattr(model_cls, "check_config", None)
+        if check_model is not None:
+            check_model(resolved["model"])
         self._check_paths(resolved["model"], getattr(model_cls, "REQUIRED_PATHS", ()), "model")
         self._check_paths(resolved["model"], getattr(model_cls, "OPTIONAL_PATHS", ()), "model", required=False)
         for section in ("datasets", "evaluation_datasets"):

@@ -211,6 +211,12 @@ class MiniGPTv2(MiniGPTBase):
         return report
 
     @classmethod
+    def check_config(cls, cfg) -> None:
+        """Checks of the model section that need no weights, run by config validation."""
+        if "llama_feature_positions" in cfg:
+            parse_positions(cfg["llama_feature_positions"])
+
+    @classmethod
     def from_config(cls, cfg) -> "MiniGPTv2":
         keys = (
             "vit_model", "vit_checkpoint", "image_size", "drop_path_rate", "use_grad_checkpoint", "freeze_vit",

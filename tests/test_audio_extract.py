@@ -275,3 +275,17 @@ def test_rerun_resumes_and_another_layer_is_refused_without_overwrite(tmp_path, 
 def test_out_of_range_layer_is_refused(tmp_path, hubert_dir):
     with pytest.raises(SystemExit, match="--layer 3 out of range"):
         extract(tmp_path, tmp_path / "out", hubert_dir, "--layer", "3")
+
+
+def test_batches_and_workers_change_nothing(tmp_path, hubert_dir):
+    """Equal-length clips share forward passes (and are decoded in a worker) with the same vectors."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i, seconds in enumerate((0.5, 0.5, 0.5, 0.3)):
+        write_wav(clips / f"c{i}.wav", np.roll(tones(RATE, seconds), 97 * i)[None], RATE)
+    extract(clips, tmp_path / "one", hubert_dir)
+    extract(clips, tmp_path / "batched", hubert_dir, "--batch_size", "3", "--num_workers", "1")
+    for i in range(4):
+        np.testing.assert_allclose(
+            np.load(tmp_path / "batched" / f"c{i}.npy"), np.load(tmp_path / "one" / f"c{i}.npy"), atol=TOLERANCE, rtol=0
+        )

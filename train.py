@@ -11,7 +11,7 @@ import argparse
 import minigpt4  # noqa: F401  (registers models, datasets, tasks and runners)
 from minigpt4.common.config import Config
 from minigpt4.common.registry import registry
-from minigpt4.runners.common import USER_ERRORS
+from minigpt4.runners.common import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +27,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    run_cli(main)

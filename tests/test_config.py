@@ -33,6 +33,9 @@ datasets:
       image_root: {assets['hcmw_image_root']}
       feature_root: {assets['hcmw_feature_root']}
     feature_dim: 64
+    vis_processor:
+      train: {{name: blip2_image_train, image_size: 224}}
+      eval: {{name: blip2_image_eval, image_size: 224}}
 """
 
 

@@ -12,13 +12,19 @@ from minigpt4.tasks.metrics import (
 )
 
 MW, NON = "mind wandering", "non-mind wandering"
+
+
+def mw_metrics(y_true, y_pred, p_mw):
+    return binary_classification_metrics(y_true, y_pred, p_mw, positive_label=MW, labels=[MW, NON])
+
+
 Y_TRUE = [MW, MW, MW, NON, NON, NON, NON, MW]
 Y_PRED = [MW, NON, MW, NON, MW, NON, NON, MW]
 P_MW = [0.9, 0.4, 0.7, 0.2, 0.6, 0.1, 0.3, 0.8]
 
 
 def test_binary_metrics_equal_sklearn():
-    result = binary_classification_metrics(Y_TRUE, Y_PRED, P_MW)
+    result = mw_metrics(Y_TRUE, Y_PRED, P_MW)
     assert result["n"] == 8
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(Y_TRUE, Y_PRED))
     assert result["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(Y_TRUE, Y_PRED))
@@ -37,13 +43,13 @@ def test_binary_metrics_equal_sklearn():
 
 def test_binary_metrics_hand_values():
     # 3 of 4 MW found, 3 of 4 predicted MW correct.
-    result = binary_classification_metrics(Y_TRUE, Y_PRED, P_MW)
+    result = mw_metrics(Y_TRUE, Y_PRED, P_MW)
     assert (result["precision"], result["recall"], result["balanced_accuracy"]) == pytest.approx((0.75, 0.75, 0.75))
 
 
 def test_single_class_has_no_auc(caplog):
     with caplog.at_level(logging.WARNING, logger="minigpt4.tasks.metrics"):
-        result = binary_classification_metrics([NON, NON, NON], [NON, MW, NON], [0.1, 0.7, 0.2])
+        result = mw_metrics([NON, NON, NON], [NON, MW, NON], [0.1, 0.7, 0.2])
     assert result["roc_auc"] is None
     assert "ROC AUC undefined" in caplog.text
     assert result["support"] == {MW: 0, NON: 3}
@@ -52,9 +58,9 @@ def test_single_class_has_no_auc(caplog):
 
 def test_binary_metrics_reject_bad_input():
     with pytest.raises(ValueError, match="outside"):
-        binary_classification_metrics([MW, "mw"], [MW, MW], [0.5, 0.5])
+        mw_metrics([MW, "mw"], [MW, MW], [0.5, 0.5])
     with pytest.raises(ValueError, match="p_positive"):
-        binary_classification_metrics([MW, NON], [MW, MW], [0.5])
+        mw_metrics([MW, NON], [MW, MW], [0.5])
 
 
 def test_summarize_folds_population_std():
@@ -73,8 +79,8 @@ def test_summarize_folds_population_std():
 
 def test_format_metrics_table():
     per_fold = {
-        "fold 0": binary_classification_metrics(Y_TRUE, Y_PRED, P_MW),
-        "fold 1": binary_classification_metrics([NON, NON], [NON, MW], [0.2, 0.6]),
+        "fold 0": mw_metrics(Y_TRUE, Y_PRED, P_MW),
+        "fold 1": mw_metrics([NON, NON], [NON, MW], [0.2, 0.6]),
     }
     table = format_metrics_table(per_fold, summarize_folds(list(per_fold.values())))
     lines = table.splitlines()
@@ -105,3 +111,18 @@ def test_multiclass_metrics_with_unparsed():
 def test_multiclass_rejects_unknown_prediction():
     with pytest.raises(ValueError, match="y_pred"):
         multiclass_metrics(["sad"], ["glad"], ["sad", "happy"])
+
+
+def test_binary_metrics_follow_the_configured_answers_and_positive_class():
+    """Any wording works, and the positive class need not come first in ``labels``."""
+    yes, no = "wandering", "on task"
+    y_true = [no, yes, yes, no, no]
+    y_pred = [no, yes, no, yes, no]
+    p_yes = [0.2, 0.9, 0.4, 0.6, 0.1]
+    result = binary_classification_metrics(y_true, y_pred, p_yes, positive_label=yes, labels=[no, yes])
+    truth = np.array(y_true) == yes
+    assert result["positive_label"] == yes
+    assert result["precision"] == pytest.approx(skm.precision_score(y_true, y_pred, pos_label=yes))
+    assert result["recall"] == pytest.approx(skm.recall_score(y_true, y_pred, pos_label=yes))
+    assert result["roc_auc"] == pytest.approx(skm.roc_auc_score(truth, p_yes))
+    assert result["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=[no, yes]).tolist()

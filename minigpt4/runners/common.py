@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Sequence
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from minigpt4.common import dist_utils
@@ -22,6 +25,39 @@ logger = logging.getLogger(__name__)
 # Problems with the user's config, data, weights or output folder: the CLIs print these as one
 # line (the message names the key, clip or file) instead of a traceback.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FeatureOutputError, FileNotFoundError)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """One of USER_ERRORS, or a ValueError raised by this package's own checks of a value the
+    user chose (a ValueError raised inside torch or numpy is a bug here and keeps its traceback)."""
+    if isinstance(exc, USER_ERRORS):
+        return True
+    if not isinstance(exc, ValueError) or exc.__traceback__ is None:
+        return False
+    origin = Path(traceback.extract_tb(exc.__traceback__)[-1].filename).resolve()
+    return origin.is_relative_to(PACKAGE_DIR)
+
+
+def run_cli(main: Callable[[], Any]) -> Any:
+    """Run an entry script's ``main``; a user error ends the process with its one-line message."""
+    try:
+        return main()
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        raise SystemExit(f"error: {exc}") from None
+
+
+def model_config_for(model_cfg: DictConfig, device: torch.device) -> DictConfig:
+    """The model config as ``device`` runs it: half precision is for GPUs, so on the CPU the
+    weights load and compute in fp32 whatever ``model.precision`` says, GPU present or not."""
+    if device.type == "cuda" or model_cfg.precision == "fp32":
+        return model_cfg
+    logger.info("run.device=%s: the model runs in fp32 (model.precision %s applies on GPUs)", device, model_cfg.precision)
+    cpu_cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    cpu_cfg.precision = "fp32"
+    return cpu_cfg
 
 
 def select_device(requested: str) -> torch.device:

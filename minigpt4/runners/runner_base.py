@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import random
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +33,7 @@ from minigpt4.common.optims import build_optimizer_param_groups
 from minigpt4.common.registry import registry
 from minigpt4.datasets.data_utils import collate_clips
 from minigpt4.models.checkpoint_maps import released_to_model
-from minigpt4.runners.common import row_loader, seed_everything, select_device
+from minigpt4.runners.common import model_config_for, row_loader, seed_everything, select_device
 from minigpt4.runners.tracking import Tracker
 from minigpt4.tasks.metrics import format_metrics_table, summarize_folds
 
@@ -128,11 +129,15 @@ class RunnerBase:
                 "continue it, run.overwrite: true to replace it, or another output_dir"
             )
 
+    @cached_property
+    def _builders(self) -> list:
+        """One builder per dataset for the whole run: each checks its files once, not per fold."""
+        return [registry.get("builder", name)(section) for name, section in self.cfg.datasets_cfg.items()]
+
     def _build_fold_datasets(self, fold: int) -> tuple:
         """Train and eval splits of every configured dataset for one held-out fold."""
         train, evaluation = [], []
-        for name, section in self.cfg.datasets_cfg.items():
-            builder = registry.get("builder", name)(section)
+        for builder in self._builders:
             train.append(builder.build("train", fold))
             evaluation.append(builder.build("eval", fold))
         merged_train = train[0] if len(train) == 1 else ConcatDataset(train)
@@ -171,7 +176,7 @@ class RunnerBase:
         fold_data = {fold: self._build_fold_datasets(fold) for fold in folds}  # bad data fails here
         device = select_device(self.run_cfg.device)
         seed_everything(self.run_cfg.seed)
-        model = self.task.build_model(self.cfg.model_cfg).to(device)
+        model = self.task.build_model(model_config_for(self.cfg.model_cfg, device)).to(device)
         initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         tracker = Tracker(self.run_cfg, self.out_dir, self.cfg.to_dict())
         results = {}

@@ -18,7 +18,7 @@ from minigpt4.common import dist_utils
 from minigpt4.common.logger import setup_logging
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
-from minigpt4.runners.common import row_loader, seed_everything, select_device
+from minigpt4.runners.common import model_config_for, row_loader, seed_everything, select_device
 from minigpt4.tasks.base_task import BaseTask
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class RunnerEval:
         seed_everything(self.run_cfg.seed)
         datasets = {name: self._build_dataset(name) for name in self.dataset_names}
         device = select_device(self.run_cfg.device)
-        model = BaseTask.build_model(self.cfg.model_cfg).to(device).eval()
+        model = BaseTask.build_model(model_config_for(self.cfg.model_cfg, device)).to(device).eval()
         results = {}
         for name, dataset in datasets.items():
             builder = registry.get("builder", name)

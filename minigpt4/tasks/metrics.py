@@ -1,7 +1,7 @@
 """Evaluation metrics as pure functions of label lists (numpy + scikit-learn).
 
-Labels are the answer strings themselves (``"mind wandering"``, ``"happy"``), so a metrics
-dict can be read without a lookup table.  Every dict is plain data (floats, ints, lists),
+Labels are the answer strings themselves (the configured answer texts, ``"happy"``), so a
+metrics dict can be read without a lookup table.  Every dict is plain data (floats, ints, lists),
 ready for ``json.dump``.
 """
 
@@ -23,9 +23,6 @@ from sklearn.metrics import (
 
 logger = logging.getLogger(__name__)
 
-MW_LABELS = ("mind wandering", "non-mind wandering")
-
-
 def _check_labels(values: Sequence[str], allowed: Sequence[str], what: str) -> np.ndarray:
     array = np.asarray(values, dtype=object)
     unexpected = sorted(set(array.tolist()) - set(allowed))
@@ -45,8 +42,8 @@ def binary_classification_metrics(
     y_true: Sequence[str],
     y_pred: Sequence[str],
     p_positive: Sequence[float],
-    positive_label: str = "mind wandering",
-    labels: Sequence[str] = MW_LABELS,
+    positive_label: str,
+    labels: Sequence[str],
 ) -> dict[str, Any]:
     """Metrics of a two-class task; ``precision``/``recall``/``f1`` are those of ``positive_label``.
 

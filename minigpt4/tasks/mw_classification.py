@@ -1,10 +1,11 @@
 """Mind-wandering classification: trained as answer generation, validated by scoring.
 
-Validation asks the model for the log-likelihood of every candidate answer
-(``mind wandering``, ``non-mind wandering``) after the clip's prompt; the argmax is the
-prediction and the softmax over candidates gives P(MW) for ROC AUC.  Train and validation
-use the same answer texts (the original trained on ``mw``/``nonmw`` and compared with the
-long texts).
+Validation asks the model for the log-likelihood of every candidate answer (the dataset's
+``answers``) after the clip's prompt; the argmax is the prediction and the softmax over
+candidates gives the probability of the positive class for ROC AUC.  The first candidate is
+the positive class: the dataset lists its ``positive_label``'s answer first.  Train and
+validation use the same answer texts (the original trained on ``mw``/``nonmw`` and compared
+with the long texts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from minigpt4.common.registry import registry
 from minigpt4.tasks.image_text_pretrain import EvalResult, ImageTextPretrainTask
 from minigpt4.tasks.metrics import binary_classification_metrics
 
-POSITIVE = "mind wandering"
+POSITIVE = 0  # index of the positive class among the candidates
 
 
 @registry.register_task("mw_classification")
@@ -33,7 +34,7 @@ class MWClassificationTask(ImageTextPretrainTask):
 
     @torch.no_grad()
     def evaluation(self, model, loader, candidates) -> EvalResult:
-        positive = candidates.index(POSITIVE)
+        """``candidates``: every answer text, the positive class's first."""
         rows = []
         for samples in loader:
             scores = model.score_candidates(samples, candidates)  # [B, C] log-likelihoods
@@ -44,13 +45,13 @@ class MWClassificationTask(ImageTextPretrainTask):
                         "clip": clip,
                         "label": label,
                         "prediction": candidates[max(range(len(prob)), key=prob.__getitem__)],
-                        "p_mw": prob[positive],
+                        "p_mw": prob[POSITIVE],
                     }
                 )
         rows = [row for part in dist_utils.all_gather_object(rows) for row in part]
         rows.sort(key=lambda row: row["clip"])
         metrics = binary_classification_metrics(
             [r["label"] for r in rows], [r["prediction"] for r in rows], [r["p_mw"] for r in rows],
-            positive_label=POSITIVE, labels=candidates,
+            positive_label=candidates[POSITIVE], labels=candidates,
         )
         return EvalResult(metrics=metrics, predictions=rows)

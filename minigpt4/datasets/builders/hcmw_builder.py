@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
 from minigpt4.datasets.datasets.hcmw_dataset import NO_FOLD, HCMWDataset
@@ -20,9 +22,14 @@ class HCMWBuilder(BaseDatasetBuilder):
         """
         if fold is None:
             fold = NO_FOLD if split == "all" else self.config.fold
+        return self.validated.select(split, fold, self.vis_processor(split))
+
+    @cached_property
+    def validated(self) -> HCMWDataset:
+        """Every usable row, its files checked once per builder, whatever splits are taken."""
         cfg, info = self.config, self.config.build_info
         return HCMWDataset(
-            self.vis_processor(split),
+            self.vis_processor("all"),
             info.annotation,
             info.image_root,
             info.feature_root,
@@ -32,7 +39,6 @@ class HCMWBuilder(BaseDatasetBuilder):
             feature_dim=cfg.feature_dim,
             instruction=cfg.instruction,
             answers=dict(cfg.answers),
-            split=split,
-            fold=fold,
+            positive_label=cfg.positive_label,
             on_error=cfg.on_error,
         )

@@ -8,6 +8,7 @@ the same clean rows and the class weights count only clips that are used.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from collections import Counter
@@ -91,18 +92,14 @@ class HCMWDataset(ClipDataset):
         feature_dim: int,
         instruction: str,
         answers: Mapping[str, str],
+        positive_label: str,
         split: str = "all",
         fold: int = NO_FOLD,
         on_error: str = "raise",
     ):
         super().__init__(vis_processor, annotation, on_error)
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
-        if (split == "all") != (fold == NO_FOLD):
-            raise ValueError(
-                f"split {split!r} with fold {fold}: 'all' takes every row (fold -1); "
-                "'train' and 'eval' need the test_fold_num of the held-out fold"
-            )
+        if positive_label not in LABELS:
+            raise ValueError(f"positive_label: {positive_label!r} is not one of {', '.join(LABELS)}")
         self.image_root = Path(image_root).expanduser()
         feature_root = Path(feature_root).expanduser()
         # an empty audio_dir means "no audio": the third row of video_features is zeros
@@ -110,12 +107,37 @@ class HCMWDataset(ClipDataset):
         self.audio_dir = feature_root / audio_dir if audio_dir else None
         self.feature_dim = feature_dim
         self.instruction = instruction
-        self.answers = {code: answers[code] for code in LABELS}
+        # positive class first: validation reads the first candidate as the positive one
+        codes = [positive_label] + [code for code in LABELS if code != positive_label]
+        self.answers = {code: answers[code] for code in codes}
 
         self.rows = read_annotation(self.annotation)
         self._drop_bad_rows()
+        self.split = "all"
+        self._take(split, fold)
+
+    def select(self, split: str, fold: int, vis_processor: Callable) -> "HCMWDataset":
+        """The ``split`` rows of ``fold`` of this ``all`` dataset, without checking any file again
+        (each fold of a run takes its splits from one validated dataset)."""
+        if self.split != "all":
+            raise ValueError(f"select() takes splits of an 'all' dataset, not of a {self.split!r} one")
+        subset = copy.copy(self)
+        subset.vis_processor = vis_processor
+        subset._take(split, fold)
+        return subset
+
+    def _take(self, split: str, fold: int) -> None:
+        """Keep the rows of ``split`` of ``fold``; the class weights count that fold's train rows."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+        if (split == "all") != (fold == NO_FOLD):
+            raise ValueError(
+                f"split {split!r} with fold {fold}: 'all' takes every row (fold -1); "
+                "'train' and 'eval' need the test_fold_num of the held-out fold"
+            )
         train_rows, self.rows = self._split(split, fold)
         self.class_weights = self._balanced_weights(train_rows, fold)
+        self.split = split
 
     def _split(self, split: str, fold: int) -> tuple[list[HCMWRow], list[HCMWRow]]:
         """(rows the class weights count, rows of this split)."""
@@ -165,7 +187,7 @@ class HCMWDataset(ClipDataset):
 
     @property
     def candidate_answers(self) -> list[str]:
-        """Every answer text, MW first: what validation scores each clip against."""
+        """Every answer text, the positive class's first: what validation scores each clip against."""
         return list(self.answers.values())
 
     def __getitem__(self, index: int) -> dict:

@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import unicodedata
 from pathlib import Path
 
 import decord
@@ -16,6 +17,7 @@ from minigpt4.common import atomic_io
 from minigpt4.features.writer import EXTRACTION_RECORD
 from minigpt4.features.encoder_extract import (
     SKIPPED_REPORT,
+    describe_summary,
     extract_face_mae_features,
     extract_video_mae_features,
     frames_to_model_input,
@@ -327,3 +329,190 @@ def test_video_cli_on_released_layout(tmp_path, capsys):
     assert cli.main(argv) == 0 and "0 clips written, 2 already present" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="FRAME"):
         cli.main(argv + ["--feature_level", "FRAME"])
+
+
+# ---- the MER baseline's resize, memory -----------------------------------------------------
+
+
+def photo_like(height: int = 180, width: int = 260, seed: int = 3) -> np.ndarray:
+    """uint8 [H, W, 3]: smooth shading, sharp edges and sensor noise, like a face photo."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    image = 110 + 60 * np.sin(x / 23.0)[..., None] * np.cos(y / 31.0)[..., None] * np.array([1.0, 0.8, 0.6])
+    image[(x - width / 2) ** 2 + (y - height / 2) ** 2 < (height / 3) ** 2] += 50  # a hard-edged disc
+    image[:, width // 3 : width // 3 + 4] = 20  # a thin dark line
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [224, 64])
+def test_resize_is_the_mer_baselines_torchvision_path(size):
+    from torchvision import transforms
+
+    frame = photo_like()
+    baseline = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])(Image.fromarray(frame))
+    ours = frames_to_model_input(frame[None], size)[0]
+    assert ours.shape == baseline.shape == (3, size, size)
+    # the acceptance bound is 1/255; being the same PIL call, it is met exactly
+    # (torch's antialiased bilinear, used before, was off by up to 1.00007/255 here)
+    torch.testing.assert_close(ours, baseline, rtol=0, atol=0)
+
+
+def test_frames_are_resized_as_they_are_decoded(tmp_path):
+    import tracemalloc
+
+    from minigpt4.features.encoder_extract import _ClipFrameDataset, _ClipJob
+
+    big = np.zeros((8, 600, 800, 3), np.uint8)  # 1.4 MB a frame, 11.5 MB the clip
+    np.save(tmp_path / "big.npy", big)
+    dataset = _ClipFrameDataset([_ClipJob("big", tmp_path / "big.npy", list(range(8)))], img_size=64)
+    tracemalloc.start()
+    _, pixels, exc = dataset[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert exc is None and pixels.shape == (8, 3, 64, 64)
+    assert peak < 3 * big[0].nbytes, peak  # one frame at full size at a time, never the clip
+
+
+# ---- FaceMAE on MAE-Face's pre-training file ------------------------------------------------
+
+
+def mae_face_pretraining_file(path: Path) -> Path:
+    """The MAE-Face layout: timm ViT names, decoder and mask token, no fc_norm."""
+    model = registry.get("encoder", "face_mae_tiny")(global_pool=False)
+    encoder = {k: v for k, v in model.state_dict().items() if not k.startswith("fc_norm")}
+    torch.save({"model": encoder | {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.zeros(32, 64)}}, path)
+    return path
+
+
+def test_face_cli_global_pool_on_a_pretraining_file_needs_the_flag(tmp_path):
+    mae_face_pretraining_file(tmp_path / "mae_pretrain.pth")
+    write_folder(tmp_path / "in" / "f1", smooth_frames(4))
+    cli = load_cli("extract_mae_embedding")
+    argv = cli_argv(tmp_path, "mae_pretrain.pth", "face_mae_tiny") + ["--global_pool"]
+    with pytest.raises(SystemExit, match="--fresh_fc_norm"):
+        cli.main(argv)
+    assert not (tmp_path / "out").exists()
+    assert cli.main(argv + ["--fresh_fc_norm"]) == 0
+    # the documented output: the mean patch token through an untrained LayerNorm (weight 1, bias 0)
+    model = registry.get("encoder", "face_mae_tiny")(
+        global_pool=True, fresh_fc_norm=True, checkpoint=tmp_path / "mae_pretrain.pth"
+    ).eval()
+    with torch.no_grad():
+        tokens = model.forward_features(frames_to_model_input(smooth_frames(4), 64))
+        expected = torch.nn.functional.layer_norm(tokens[:, 1:].mean(dim=1), (64,), eps=1e-6).mean(dim=0)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "f1.npy"), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- output folders of other settings -------------------------------------------------------
+
+
+@pytest.fixture
+def face_cli_setup(tmp_path):
+    model = registry.get("encoder", "face_mae_tiny")()
+    torch.save({"model": model.state_dict()}, tmp_path / "mae_a.pth")
+    other = content_sensitive(registry.get("encoder", "face_mae_tiny")())
+    torch.save({"model": other.state_dict()}, tmp_path / "mae_b.pth")
+    write_folder(tmp_path / "in" / "f1", smooth_frames(4))
+    write_npy(tmp_path / "in" / "n1.npy", smooth_frames(3, seed=2))
+    return load_cli("extract_mae_embedding"), cli_argv(tmp_path, "mae_a.pth", "face_mae_tiny")
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--global_pool", "--fresh_fc_norm"], "global_pool"),
+        (["--feature_level", "FRAME"], "feature_level"),
+        (["--max_frames", "2"], "max_frames"),
+        (["--checkpoint", "OTHER"], "weights_sha256"),
+    ],
+    ids=["global_pool", "frame-level", "max_frames", "other-checkpoint"],
+)
+def test_rerun_with_other_settings_is_refused_then_replaced_with_overwrite(tmp_path, face_cli_setup, capsys, change, named):
+    cli, argv = face_cli_setup
+    change = [str(tmp_path / "mae_b.pth") if arg == "OTHER" else arg for arg in change]
+    assert cli.main(argv) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(SystemExit, match=rf"differs in: [^)]*\b{named}\b.*--overwrite"):
+        cli.main(argv + change)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    capsys.readouterr()
+    assert cli.main(argv + change + ["--overwrite"]) == 0
+    assert "2 clips written, 0 already present" in capsys.readouterr().out
+    assert cli.main(argv + change) == 0 and "0 clips written, 2 already present" in capsys.readouterr().out
+
+
+def test_folder_of_vectors_without_a_record_is_not_mixed_into(tmp_path, face_cli_setup):
+    cli, argv = face_cli_setup
+    (tmp_path / "out").mkdir()
+    np.save(tmp_path / "out" / "f1.npy", np.zeros(64, np.float32))  # made by hand, or by an older version
+    with pytest.raises(SystemExit, match=r"1 \*\.npy file\(s\) made with unknown settings.*--overwrite"):
+        cli.main(argv)
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert np.abs(np.load(tmp_path / "out" / "f1.npy")).sum() > 0
+
+
+# ---- bad options: one line, nothing created -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--output", "FILE"], "is a file, not a folder"),
+        (["--device", "gpu0"], "--device 'gpu0': not a device"),
+        (["--frames_per_forward", "0"], "--frames_per_forward must be an integer of at least 1"),
+        (["--batch_size", "0"], "--batch_size must be an integer of at least 1"),
+        (["--max_frames", "0"], "--max_frames must be an integer of at least 1"),
+    ],
+    ids=["output-is-a-file", "device", "frames_per_forward", "batch_size", "max_frames"],
+)
+def test_bad_option_is_one_line_before_any_output(tmp_path, face_cli_setup, change, message):
+    cli, argv = face_cli_setup
+    (tmp_path / "a_file").write_text("not a folder")
+    change = [str(tmp_path / "a_file") if arg == "FILE" else arg for arg in change]
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv + change)
+    assert message in str(err.value.code) and "\n" not in str(err.value.code)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without CUDA")
+def test_cuda_device_without_a_gpu_is_one_line(tmp_path, face_cli_setup):
+    cli, argv = face_cli_setup
+    with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
+        cli.main(argv + ["--device", "cuda"])
+
+
+# ---- oddities reported in the summary ------------------------------------------------------
+
+
+def test_video_summary_names_clips_shorter_than_the_encoder_samples(tmp_path, video_model):
+    clips = [write_npy(tmp_path / "short.npy", smooth_frames(5)), write_npy(tmp_path / "long.npy", smooth_frames(20))]
+    summary = extract_video_mae_features(video_model, clips, tmp_path / "out")
+    assert summary.short == ["short"]
+    assert "1 clip(s) have fewer than 16 frames, so frames were repeated: short" in describe_summary(summary, "out")
+
+
+def test_empty_input_folder_is_reported(tmp_path, face_cli_setup, capsys):
+    cli, argv = face_cli_setup
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv[argv.index("--input") + 1] = str(empty)
+    assert cli.main(argv) == 0
+    assert "note: no clips found in --input" in capsys.readouterr().out
+
+
+def test_clip_given_as_mp4_and_avi_uses_one_and_says_so(tmp_path, face_model):
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "c1.avi", smooth_frames(4))
+    write_video(tmp_path / "in" / "c1.mp4", smooth_frames(4, seed=9))
+    summary = extract_face_mae_features(face_model, list_clips(tmp_path / "in"), tmp_path / "out")
+    assert summary.done == 1 and [name for name, _, _ in summary.duplicates] == ["c1"]
+    line = describe_summary(summary, tmp_path / "out")
+    assert "clip 'c1' is given more than once; used" in line and "c1.avi" in line and "c1.mp4" in line
+
+
+def test_clip_names_are_nfc_whatever_the_file_system_stores(tmp_path, face_model):
+    decomposed = unicodedata.normalize("NFD", "café")  # how macOS hands out the name
+    clip = write_npy(tmp_path / f"{decomposed}.npy", smooth_frames(2))
+    extract_face_mae_features(face_model, [clip], tmp_path / "out")
+    assert [p.stem for p in (tmp_path / "out").glob("*.npy")] == [unicodedata.normalize("NFC", "café")]

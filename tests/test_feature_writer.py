@@ -313,3 +313,52 @@ def test_processes_take_disjoint_rows_of_the_same_files(tmp_path, monkeypatch):
         write_batches(writers[rank], rows[rank])
         writers[rank].finish()
     assert folder_bytes(tmp_path / "run") == folder_bytes(tmp_path / "reference")
+
+
+# ------------------------------------------------------------------------------ values and batches
+
+
+def test_value_beyond_float16_is_a_named_error_suggesting_float32(tmp_path):
+    writer = make_writer(tmp_path / "f16")
+    writer.open()
+    huge = rows_of([0, 1])
+    huge["vectors"][1, 2] = 1e6  # finite, but float16 tops out at 65504
+    with pytest.raises(FeatureOutputError, match=r"vectors: .*1e\+06.*float16.*run\.feature_dtype: float32") as err:
+        writer.write([0, 1], huge)
+    assert "clip_0, clip_1" in str(err.value)
+    writer32 = make_writer(tmp_path / "f32", dtype="float32")
+    write_batches(writer32, writer32.open())
+    writer32.write([0, 1], huge)
+    assert np.load(tmp_path / "f32" / "vectors.npy")[1, 2] == 1e6
+
+
+@pytest.mark.parametrize("layout", ["stacked", "per_clip"])
+def test_resume_redoes_whole_batches_of_the_first_run(tmp_path, layout):
+    # batches of 2 over 5 rows: [0, 1], [2, 3], [4]; the run dies inside batch [2, 3]
+    writer = make_writer(tmp_path, layout=layout, batch_size=2)
+    assert writer.open() == [0, 1, 2, 3, 4]
+    writer.write([0, 1], rows_of([0, 1]))
+    if layout == "per_clip":
+        writer.write([2], rows_of([2]))  # clip 2 of the batch reached the disk, clip 3 did not
+    resumed = make_writer(tmp_path, layout=layout, batch_size=2)
+    assert resumed.open() == [2, 3, 4]  # batch [2, 3] again as a whole, so it rounds as before
+
+
+def test_batch_size_is_part_of_the_fingerprint(tmp_path):
+    writer = make_writer(tmp_path, batch_size=2)
+    writer.open()
+    with pytest.raises(FeatureOutputError, match=r"differs in: batch_size"):
+        make_writer(tmp_path, batch_size=3).open()
+
+
+def test_resumed_and_finished_runs_say_so(tmp_path, caplog):
+    writer = make_writer(tmp_path, batch_size=2)
+    writer.open()
+    writer.write([0, 1], rows_of([0, 1]))
+    with caplog.at_level("INFO", logger="minigpt4.features.writer"):
+        rest = make_writer(tmp_path, batch_size=2)
+        write_batches(rest, rest.open())
+        rest.finish()
+        make_writer(tmp_path, batch_size=2).open()
+    assert "resuming, 3 of 5 rows still to do" in caplog.text
+    assert "already complete (5 rows)" in caplog.text

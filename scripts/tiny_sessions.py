@@ -60,9 +60,9 @@ def face_landmarks(face: DrawnFace) -> np.ndarray:
         [
             [cx - 0.4 * r, cy - 0.1 * r],
             [cx + 0.4 * r, cy - 0.1 * r],
-            [cx, cy + 0.25 * r],
-            [cx - 0.36 * r, cy + 0.55 * r],
-            [cx + 0.36 * r, cy + 0.55 * r],
+            [cx, cy + 0.38 * r],
+            [cx - 0.36 * r, cy + 0.68 * r],
+            [cx + 0.36 * r, cy + 0.68 * r],
         ]
     )
 
@@ -98,11 +98,11 @@ def draw_face(image: np.ndarray, face: DrawnFace) -> None:
         else:
             out[(np.abs(yy - eye_y) < 0.03 * r + 0.6) & (np.abs(xx - eye_x) < 0.2 * r)] = HAIR  # lid line
         out[(np.abs(yy - (eye_y - 0.28 * r)) < 0.05 * r + 0.5) & (np.abs(xx - eye_x) < 0.24 * r)] = HAIR  # brow
-    out[(np.abs(xx - cx) < 0.06 * r + 0.5) & (yy > cy - 0.05 * r) & (yy < cy + 0.28 * r)] = 0.75 * skin  # nose
+    out[(np.abs(xx - cx) < 0.06 * r + 0.5) & (yy > cy - 0.05 * r) & (yy < cy + 0.38 * r)] = 0.75 * skin  # nose
     for side in (-1, 1):
-        out[_ellipse(yy, xx, cy + 0.3 * r, cx + side * 0.1 * r, 0.05 * r + 0.5, 0.07 * r + 0.5) <= 1] = 0.45 * skin
+        out[_ellipse(yy, xx, cy + 0.4 * r, cx + side * 0.1 * r, 0.05 * r + 0.5, 0.07 * r + 0.5) <= 1] = 0.45 * skin
     u = (xx - cx) / (0.36 * r)  # -1..1 from mouth corner to mouth corner
-    mouth_y = cy + 0.55 * r + face.smile * 0.12 * r * (1 - u**2)
+    mouth_y = cy + 0.68 * r + face.smile * 0.12 * r * (1 - u**2)
     lip_half_height = 0.05 * r + 0.6 + face.mouth_open * 0.18 * r * (1 - u**2)
     out[(np.abs(u) <= 1) & (np.abs(yy - mouth_y) <= lip_half_height)] = LIPS
     if face.mouth_open > 0:

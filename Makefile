@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[test]"
+# facenet-pytorch: MTCNN, the prepare step's face detector, its weights inside the wheel.  Its
+# metadata pins torch<2.3, torchvision<0.18, numpy<2 and Pillow<10.3, yet it runs on current
+# ones; --no-deps keeps pip from downgrading them.  What it imports (torch, torchvision, numpy,
+# Pillow, requests, tqdm) is in pyproject.toml.
+	$(PY) -m pip install -q --no-deps "facenet-pytorch==2.6.0"
 	touch $@
 
 venv: $(VENV)/.installed

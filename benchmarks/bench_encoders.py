@@ -1,9 +1,11 @@
-"""Throughput and peak memory of FaceMAE and VideoMAE feature extraction.
+"""Throughput and peak memory of FaceMAE, VideoMAE and HuBERT (audio) feature extraction.
 
 Runs the real extraction path (``extract_face_mae_features`` / ``extract_video_mae_features``:
-decode, resize, encode, atomic write) on generated ``.npy`` clips with random weights, so
+decode, resize, encode, atomic write; ``extract_audio_features``: decode, resample, encode in
+windows, atomic write) on generated ``.npy`` clips / ``.wav`` files with random weights, so
 it needs no downloads and no network.  Each encoder runs in a fresh process, so the CPU peak
-(max RSS) of one is not the other's.
+(max RSS) of one is not the other's.  The full audio encoder is HuBERT-large's architecture
+(transformers' ``HubertConfig`` defaults with the large sizes), the upstream model's.
 
     python benchmarks/bench_encoders.py --preset tiny            # CPU, seconds
     python benchmarks/bench_encoders.py --preset full --device cuda   # ViT-L at 224
@@ -23,17 +25,30 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from minigpt4.common.registry import registry
+from minigpt4.features.audio_extract import extract_audio_features
 from minigpt4.features.encoder_extract import extract_face_mae_features, extract_video_mae_features
+from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 PRESETS = {
     # encoder names and the side of the generated frames (resized to the encoder's input)
     "tiny": {"face": "face_mae_tiny", "video": "video_mae_tiny", "frame_size": 64},
     "full": {"face": "face_mae_vit_large", "video": "video_mae_vit_large", "frame_size": 224},
 }
+# HuBERT sizes per preset: the tiny assets' stand-in, and HuBERT-large
+HUBERT_PRESETS = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    ),
+    "full": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+AUDIO_RATE = 16_000
 
 
 @dataclass
@@ -42,7 +57,7 @@ class Result:
     device: str
     batch_size: int
     clips: int
-    frames_per_clip: int
+    clip_length: str  # frames of a video clip, seconds of sound
     seconds: float
     peak_mib: float
     memory_kind: str
@@ -59,11 +74,33 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, "max RSS"
 
 
+def hubert_encoder(preset: str) -> HubertAudioEncoder:
+    """A random HuBERT with HuBERT-large's layout (layer-norm conv front end, stable layer norm)."""
+    config = HubertConfig(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, **HUBERT_PRESETS[preset])
+    prepare = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=AUDIO_RATE, do_normalize=True)
+    return HubertAudioEncoder(HubertModel(config), prepare)
+
+
+def write_noise_wav(path: Path, seconds: float, rng: np.random.Generator) -> Path:
+    """Mono 16-bit noise at 16 kHz: decoding costs what a real clip's sound costs."""
+    samples = rng.integers(-8000, 8000, size=(1, round(seconds * AUDIO_RATE)), dtype=np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=AUDIO_RATE)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def run_one(family: str, args: argparse.Namespace) -> Result:
     """Time one encoder on ``args.clips`` generated clips; meant to run in its own process."""
     preset = PRESETS[args.preset]
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if family == "audio":
+        return run_audio(args, device)
     model = registry.get("encoder", preset[family])()
     extract = extract_face_mae_features if family == "face" else extract_video_mae_features
     rng = np.random.default_rng(0)
@@ -86,18 +123,40 @@ def run_one(family: str, args: argparse.Namespace) -> Result:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     peak, kind = peak_memory_mib(device)
-    return Result(preset[family], str(device), args.batch_size, args.clips, args.frames_per_clip, seconds, peak, kind)
+    length = f"{args.frames_per_clip} frames"
+    return Result(preset[family], str(device), args.batch_size, args.clips, length, seconds, peak, kind)
+
+
+def run_audio(args: argparse.Namespace, device: torch.device) -> Result:
+    encoder = hubert_encoder(args.preset)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clips = [write_noise_wav(tmp / f"clip_{i:04d}.wav", args.audio_seconds, rng) for i in range(args.clips)]
+        options = {"device": device, "batch_size": args.batch_size, "num_workers": args.num_workers, "progress": False}
+        extract_audio_features(encoder, clips[:1], tmp / "warmup", **options)  # kernels, allocator, page cache
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        extract_audio_features(encoder, clips, tmp / "out", **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    peak, kind = peak_memory_mib(device)
+    name = f"hubert_{'large' if args.preset == 'full' else 'tiny'}"
+    return Result(name, str(device), args.batch_size, args.clips, f"{args.audio_seconds:g} s", seconds, peak, kind)
 
 
 def print_table(results: list[Result]) -> None:
-    header = ("encoder", "device", "batch", "clips", "frames/clip", "clips/s", "peak MiB", "memory")
+    header = ("encoder", "device", "batch", "clips", "clip length", "clips/s", "peak MiB", "memory")
     rows = [
         (
             r.encoder,
             r.device,
             str(r.batch_size),
             str(r.clips),
-            str(r.frames_per_clip),
+            r.clip_length,
             f"{r.clips_per_second:.2f}",
             f"{r.peak_mib:.0f}",
             r.memory_kind,
@@ -113,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--device", default=None, help="default: cuda for 'full' when available, else cpu")
-    parser.add_argument("--encoders", nargs="+", choices=["face", "video"], default=["face", "video"])
+    parser.add_argument("--encoders", nargs="+", choices=["face", "video", "audio"], default=["face", "video", "audio"])
     parser.add_argument("--clips", type=int, default=16, help="timed clips per encoder")
     parser.add_argument("--frames_per_clip", type=int, default=32, help="FaceMAE encodes them all; VideoMAE samples 16")
+    parser.add_argument("--audio_seconds", type=float, default=10.0, help="length of each generated sound clip")
     parser.add_argument("--batch_size", type=int, default=4, help="clips per forward pass")
     parser.add_argument("--num_workers", type=int, default=0)
     args = parser.parse_args(argv)

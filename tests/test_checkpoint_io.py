@@ -7,7 +7,8 @@ import collections
 import pytest
 import torch
 
-from minigpt4.common.checkpoint_io import CheckpointError, apply_state_dict, load_checkpoint, save_checkpoint
+from minigpt4.common.atomic_io import save_torch_atomic
+from minigpt4.common.checkpoint_io import CheckpointError, apply_state_dict, load_checkpoint
 
 
 class Custom:
@@ -20,7 +21,7 @@ class Custom:
 def test_reads_a_plain_tensor_dict(tmp_path):
     state = {"weight": torch.arange(6.0).view(2, 3), "bias": torch.ones(2)}
     path = tmp_path / "plain.pth"
-    save_checkpoint({"model": state, "epoch": 3}, path)
+    save_torch_atomic(path, {"model": state, "epoch": 3})
     loaded = load_checkpoint(path, "model.ckpt")
     assert loaded["epoch"] == 3
     torch.testing.assert_close(loaded["model"]["weight"], state["weight"])

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from minigpt4.common.checkpoint_io import CheckpointError, save_checkpoint
+from minigpt4.common.atomic_io import save_torch_atomic
+from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.models.minigpt_v2 import MiniGPTv2
+from minigpt4.models.pos_embed import resize_pos_embed
 from tiny_model import FEATURE_DIM, HCMW_INSTRUCTION, HIDDEN, build_model, random_visual_inputs
 
 VIT_WIDTH = 32  # tiny EVA
@@ -215,7 +219,7 @@ def test_save_then_load_into_a_fresh_model_reproduces_outputs_exactly(tiny_asset
     trained = copy.deepcopy(base)
     trained.load_released_checkpoint(str(released_file))
     path = tmp_path / "out" / "checkpoint_best.pth"
-    save_checkpoint({"model": trained.trainable_state_dict(), "epoch": 1}, path)
+    save_torch_atomic(path, {"model": trained.trainable_state_dict(), "epoch": 1})
 
     saved = torch.load(path, weights_only=True)["model"]
     assert not any(".default." in n for n in saved)
@@ -231,3 +235,79 @@ def test_save_then_load_into_a_fresh_model_reproduces_outputs_exactly(tiny_asset
     assert fresh.score_candidates(samples, ["mind wandering", "non-mind wandering"]).equal(
         trained.score_candidates(samples, ["mind wandering", "non-mind wandering"])
     )
+
+
+# --------------------------------------------------------------------------- upstream-only modules and MiniGPT-v2 files
+
+
+def attention_tensors() -> dict[str, torch.Tensor]:
+    """The original's auxiliary ``attention`` head: trainable upstream, so saved in its files."""
+    return {"attention.0.weight": torch.randn(16, FEATURE_DIM), "attention.0.bias": torch.randn(16),
+            "attention.2.weight": torch.randn(1, 16), "attention.2.bias": torch.randn(1)}
+
+
+def test_upstream_only_tensors_are_reported_and_skipped_under_strict(base, tmp_path, samples, caplog):
+    path = write(tmp_path / "with_attention.pth", released_state_dict() | attention_tensors())
+    model = copy.deepcopy(base)
+    with caplog.at_level(logging.INFO, logger="minigpt4.models.checkpoint_maps"):
+        report = model.load_released_checkpoint(str(path), strict=True)
+    assert report.clean
+    assert sorted(report.skipped) == sorted(attention_tensors())
+    assert set(report.skipped.values()) == {"upstream-only, not used"}
+    own = model.state_dict()
+    assert all(torch.equal(own[current_name(n)], t) for n, t in released_state_dict().items())
+    # one INFO line for the file, with counts per group, and nothing at WARNING or above
+    lines = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert "loaded 18 (LoRA 8, projectors 10); skipped 4 (upstream-only, not used: attention 4)" in lines[0].getMessage()
+
+
+def test_unknown_tensor_outside_the_upstream_only_list_is_still_refused(base, tmp_path):
+    state = released_state_dict() | attention_tensors() | {"attention_pool.weight": torch.zeros(3)}
+    with pytest.raises(CheckpointError, match=r"not used by the model: attention_pool\.weight$"):
+        copy.deepcopy(base).load_released_checkpoint(str(write(tmp_path / "unknown.pth", state)), strict=True)
+
+
+def test_minigpt_v2_checkpoint_is_a_training_start_with_fresh_projectors(base, tmp_path, caplog):
+    """MiniGPT-v2's own file: llama_proj + LoRA, no stream projectors and no cls_tk_llama_proj."""
+    state = {n: t for n, t in released_state_dict().items() if ".lora_" in n or n.startswith("llama_proj.")}
+    path = write(tmp_path / "minigptv2.pth", state)
+    model = copy.deepcopy(base)
+    with caplog.at_level(logging.INFO, logger="minigpt4.models.checkpoint_maps"):
+        report = model.load_released_checkpoint(str(path), strict=True)
+    assert report.clean and sorted(report.loaded) == sorted(current_name(n) for n in state)
+    fresh = ["cls_tk_llama_proj.bias", "cls_tk_llama_proj.weight", "feats_llama_proj1.bias", "feats_llama_proj1.weight",
+             "feats_llama_proj2.bias", "feats_llama_proj2.weight"]  # the trainable ones (2 streams)
+    assert sorted(report.initialised) == fresh
+    own, before = model.state_dict(), base.state_dict()
+    assert all(torch.equal(own[n], before[n]) for n in fresh)  # their initialisation, untouched
+    assert "newly initialised 6 (projectors 6)" in caplog.text
+
+
+def test_a_file_with_some_emotion_projectors_must_hold_all(base, tmp_path):
+    state = {n: t for n, t in released_state_dict().items() if not n.startswith("feats_llama_proj2.")}
+    with pytest.raises(CheckpointError, match=r"missing from the file: feats_llama_proj2\."):
+        copy.deepcopy(base).load_released_checkpoint(str(write(tmp_path / "partial.pth", state)), strict=True)
+
+
+# --------------------------------------------------------------------------- position tables
+
+
+def test_position_table_resize_is_bicubic_with_the_cls_entry_kept():
+    """LAVIS's and MAE's ``interpolate_pos_embed``: F.interpolate(bicubic, align_corners=False), CLS first."""
+    table = torch.randn(1, 1 + 16 * 16, 8)
+    resized = resize_pos_embed(table, (32, 32))
+    grid = table[:, 1:].reshape(1, 16, 16, 8).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, -1, 8)
+    assert resized.shape == (1, 1 + 32 * 32, 8)
+    assert torch.equal(resized[:, :1], table[:, :1])
+    torch.testing.assert_close(resized[:, 1:], expected, rtol=1e-5, atol=1e-6)
+    odd = torch.randn(1, 1 + 15, 8)  # not square: left for loading to report
+    assert resize_pos_embed(odd, (4, 4)) is odd
+
+
+def test_eva_and_face_mae_loaders_share_the_one_resize():
+    from minigpt4.models import eva_vit, face_mae
+
+    assert not hasattr(eva_vit, "_resize_pos_embed") and not hasattr(face_mae, "_resize_pos_embed")
+    assert eva_vit.resize_pos_embed is face_mae.resize_pos_embed is resize_pos_embed

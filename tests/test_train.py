@@ -29,6 +29,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from minigpt4.common import atomic_io
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
@@ -131,12 +132,16 @@ def assert_same_optimizer(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tiny_assets, tmp_path_factory):
-    """Two folds, 2 epochs of 2 steps, TensorBoard on; records the trainables at each fold's start."""
+    """Two folds, 2 epochs of 2 steps, TensorBoard on; records the trainables at each fold's start,
+    the training mode of the ViT in every training forward and every file written atomically."""
     out = tmp_path_factory.mktemp("reference") / "train"
     starts = []  # the trainables, RNG and optimizer state at the start of each fold
     scores = {}  # (fold, epoch) -> clip -> candidate log-likelihoods [C] of that epoch's validation
+    vit_training = []  # per training forward: does any ViT module run in training mode?
+    atomic_writes = []  # paths written through the atomic writer
     current = {}
     train_epoch, score_candidates = RunnerBase._train_epoch, MiniGPTv2.score_candidates
+    forward, write_through_tmp = MiniGPTv2.forward, atomic_io.write_through_tmp
 
     def recording_epoch(self, net, optimizer, scheduler, scaler, train_set, fold, epoch, steps, tracker):
         if epoch == 0:
@@ -154,11 +159,23 @@ def reference(tiny_assets, tmp_path_factory):
         scores.setdefault(current["key"], {}).update(zip(samples["video_id"], result.clone()))
         return result
 
+    def recording_forward(self, samples):
+        if torch.is_grad_enabled():
+            vit_training.append(any(m.training for m in self.visual_encoder.modules()))
+        return forward(self, samples)
+
+    def recording_write(path, write):
+        atomic_writes.append(Path(path))
+        return write_through_tmp(path, write)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(RunnerBase, "_train_epoch", recording_epoch)
         mp.setattr(MiniGPTv2, "score_candidates", recording_scores)
+        mp.setattr(MiniGPTv2, "forward", recording_forward)
+        mp.setattr(atomic_io, "write_through_tmp", recording_write)
         summary = train(tiny_assets, out, "run.tensorboard=true")
-    return {"out": out, "summary": summary, "starts": starts, "scores": scores}
+    return {"out": out, "summary": summary, "starts": starts, "scores": scores, "vit_training": vit_training,
+            "atomic_writes": atomic_writes}
 
 
 def test_run_writes_every_file_per_fold_and_a_summary(reference, tiny_assets):
@@ -183,6 +200,20 @@ def test_run_writes_every_file_per_fold_and_a_summary(reference, tiny_assets):
         assert {r["clip"]: r["label"] for r in rows} == fold_clips(tiny_assets, fold)
         assert {r["prediction"] for r in rows} <= {MW, NON_MW}
         assert all(0.0 <= float(r["p_mw"]) <= 1.0 for r in rows)
+
+
+def test_frozen_vit_runs_in_eval_mode_in_every_training_step(reference):
+    """``net.train()`` alone would switch the frozen ViT's drop-path on; the original kept it off."""
+    assert len(reference["vit_training"]) == len(FOLDS) * EPOCHS * STEPS
+    assert not any(reference["vit_training"])
+
+
+def test_every_result_file_is_written_through_the_atomic_writer(reference):
+    out = reference["out"]
+    written = {path.relative_to(out).as_posix() for path in reference["atomic_writes"]}
+    expected = {f"fold_{fold}/{name}" for fold in FOLDS for name in FOLD_FILES} | {"summary.json"}
+    assert expected <= written
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_summary_is_mean_and_population_std_of_the_fold_bests(reference):
@@ -264,8 +295,10 @@ def test_checkpoints_hold_exactly_the_trainable_tensors_in_released_layout(refer
     assert set(state) == {released_name(n) for n in trainable}
     assert not [key for key in state if ".default." in key]
     assert "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in state
-    assert {"llama_proj.weight", "cls_tk_llama_proj.weight", "feats_llama_proj1.weight", "feats_llama_proj2.weight"} <= set(state)
-    assert not [key for key in state if key.startswith(("visual_encoder.", "ln_vision.", "feats_llama_proj3."))]
+    streams = {f"feats_llama_proj{k + 1}.weight" for k in range(model.num_video_streams)}
+    assert {"llama_proj.weight", "cls_tk_llama_proj.weight", *streams} <= set(state)
+    unused = [f"feats_llama_proj{k + 1}." for k in range(model.num_video_streams, 3)]  # frozen projectors
+    assert not [key for key in state if key.startswith(("visual_encoder.", "ln_vision.", *unused))]
     frozen = {released_name(n) for n, p in model.named_parameters() if not p.requires_grad}
     assert not frozen & set(state)
 
@@ -300,25 +333,32 @@ def test_best_checkpoint_through_model_ckpt_reproduces_its_validation(reference,
 # --------------------------------------------------------------------------- resume
 
 
+class Killed(Exception):
+    pass
+
+
+def kill_after_saves(monkeypatch, count: int) -> dict:
+    """Make the ``count``-th ``checkpoint_last.pth`` save the last thing the run does."""
+    original = RunnerBase._save_last
+    calls = {"n": 0, "kill_at": count}
+
+    def save_then_die(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == calls["kill_at"]:
+            raise Killed
+
+    monkeypatch.setattr(RunnerBase, "_save_last", save_then_die)
+    return calls
+
+
 def test_killed_and_resumed_run_ends_exactly_like_the_uninterrupted_one(reference, tiny_assets, tmp_path, monkeypatch):
     """Killed after fold 0 epoch 0, resumed; killed again after fold 1 epoch 0, resumed.
 
     The first resume continues inside fold 0 and then trains fold 1 from the initial weights;
     the second skips the finished fold 0 (its metrics are read back) and finishes fold 1.
     """
-    class Killed(Exception):
-        pass
-
-    original = RunnerBase._save_last
-    calls = {"n": 0, "kill_at": 1}
-
-    def save_then_die(self, *args, **kwargs):
-        original(self, *args, **kwargs)  # the checkpoint is on disk, then the process "dies"
-        calls["n"] += 1
-        if calls["n"] == calls["kill_at"]:
-            raise Killed
-
-    monkeypatch.setattr(RunnerBase, "_save_last", save_then_die)
+    calls = kill_after_saves(monkeypatch, 1)  # the checkpoint is on disk, then the process "dies"
     with pytest.raises(Killed):
         train(tiny_assets, tmp_path)
     assert load(tmp_path / "fold_0" / "checkpoint_last.pth")["epoch"] == 0
@@ -344,8 +384,50 @@ def test_killed_and_resumed_run_ends_exactly_like_the_uninterrupted_one(referenc
         assert_same_optimizer(last["optimizer"], ref_last["optimizer"])
         assert last["lr_sched"] == ref_last["lr_sched"]
         assert last["history"] == ref_last["history"] and last["best"] == ref_last["best"]
-        assert torch.equal(last["rng"]["torch"], ref_last["rng"]["torch"])
+        assert torch.equal(last["rng"][0]["torch"], ref_last["rng"][0]["torch"])
         assert_same_tensors(load(ours / "checkpoint_best.pth")["model"], load(theirs / "checkpoint_best.pth")["model"])
+
+
+def test_resume_follows_the_order_of_run_folds(reference, tiny_assets, tmp_path, monkeypatch):
+    """folds [1, 0] killed in fold 0: the resume finishes fold 0 and reads fold 1 back, never retrains it.
+
+    Each fold starts from the same weights and seeds, so both folds end as in the reference run."""
+    calls = kill_after_saves(monkeypatch, EPOCHS + 1)  # fold 1 complete, fold 0 after epoch 0
+    with pytest.raises(Killed):
+        train(tiny_assets, tmp_path, "run.folds=[1,0]")
+    fold_1_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "fold_1").iterdir()}
+
+    trained = []
+    train_fold = RunnerBase._train_fold
+
+    def recording_train_fold(self, model, fold, *args):
+        trained.append(fold)
+        return train_fold(self, model, fold, *args)
+
+    monkeypatch.setattr(RunnerBase, "_train_fold", recording_train_fold)
+    calls.update(n=0, kill_at=-1)
+    summary = train(tiny_assets, tmp_path, "run.folds=[1,0]", f"run.resume_ckpt_path={tmp_path / 'fold_0' / 'checkpoint_last.pth'}")
+    assert trained == [0]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "fold_1").iterdir()} == fold_1_files
+    assert list(summary["folds"]) == ["1", "0"]
+    for fold in FOLDS:
+        ours, theirs = tmp_path / f"fold_{fold}" / "metrics.json", reference["out"] / f"fold_{fold}" / "metrics.json"
+        assert json.loads(ours.read_text()) == json.loads(theirs.read_text())
+
+
+def test_overwrite_removes_the_earlier_runs_fold_folders(tiny_assets, tmp_path, monkeypatch):
+    for fold in (0, 1, 7):
+        (tmp_path / f"fold_{fold}").mkdir()
+        (tmp_path / f"fold_{fold}" / "checkpoint_last.pth").write_bytes(b"earlier run")
+        (tmp_path / f"fold_{fold}" / "metrics.json").write_text("{}")
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "notes").mkdir()  # not the run's: left alone
+    kill_after_saves(monkeypatch, 1)
+    with pytest.raises(Killed):
+        train(tiny_assets, tmp_path, "run.folds=[1]", "run.overwrite=true")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fold_1", "notes"]
+    assert sorted(p.name for p in (tmp_path / "fold_1").iterdir()) == ["checkpoint_best.pth", "checkpoint_last.pth", "predictions.csv"]
+    assert load(tmp_path / "fold_1" / "checkpoint_last.pth")["epoch"] == 0
 
 
 @pytest.mark.parametrize("option, key", [("run.max_epoch=3", "run.max_epoch"), ("run.init_lr=0.5", "run.init_lr")])
@@ -397,14 +479,16 @@ def test_no_epochs_is_an_error_before_training(tiny_assets, tmp_path, no_trainin
 
 
 def test_unknown_best_metric_lists_the_choices(tiny_assets, tmp_path, no_training):
-    with pytest.raises(ConfigError, match=r"run.best_metric: 'auc' .*choices: accuracy, balanced_accuracy, .*roc_auc"):
+    with pytest.raises(ConfigError, match=r"run.best_metric: 'auc' .*accuracy, balanced_accuracy, .*roc_auc"):
         train(tiny_assets, tmp_path, "run.best_metric=auc")
     assert not list(tmp_path.rglob("*.pth"))
 
 
-@pytest.mark.parametrize("option, key", [("model.lora_r=4", "lora_r"), ("model.num_video_streams=3", "num_video_streams")])
-def test_resume_file_of_another_model_is_refused(reference, tiny_assets, tmp_path, no_training, option, key):
+@pytest.mark.parametrize("key", ["lora_r", "num_video_streams"])
+def test_resume_file_of_another_model_is_refused(reference, tiny_assets, tmp_path, no_training, key):
     resume = reference["out"] / "fold_0" / "checkpoint_last.pth"
+    saved = load(resume)["config"]["model"][key]
+    option = f"model.{key}={4 if key == 'lora_r' else 5 - saved}"  # another rank; 2 <-> 3 streams
     with pytest.raises(CheckpointError, match=rf"comes from a different model \({key}: file"):
         train(tiny_assets, tmp_path, option, f"run.resume_ckpt_path={resume}")
     assert not list(tmp_path.rglob("*.pth"))
@@ -431,3 +515,19 @@ def test_output_dir_with_an_earlier_run_is_refused_and_left_alone(reference, tin
     with pytest.raises(ConfigError, match=r"holds an earlier run .*run.resume_ckpt_path.*run.overwrite: true"):
         train(tiny_assets, out)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_shipped_training_configs_leave_llm_gradient_checkpointing_off():
+    """The original never checkpointed LLaMA's activations (its peft only did for 8-bit loading);
+    on means about 1.3x slower steps, so the configs leave it to memory-bound GPUs."""
+    configs = sorted((REPO_ROOT / "train_configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        model = OmegaConf.load(path).model
+        assert model.get("llm_grad_checkpoint", False) is False, path.name
+    mw_path = REPO_ROOT / "train_configs" / "Emotion-LLaMA-MW-tuning.yaml"
+    text = mw_path.read_text()
+    comment = text[: text.index("llm_grad_checkpoint:")].splitlines()[-3:]  # says when to turn it on
+    assert any("memory" in line for line in comment)
+    mw = OmegaConf.load(mw_path)
+    assert (mw.run.accum_grad_iters, mw.run.max_grad_norm) == (4, 1.0)  # cases of test_train_steps.py

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -83,6 +84,7 @@ def load_checkpoint(
         raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc
 
 
+
 def unwrap_state_dict(obj: Any, what: str, keys: tuple[str, ...] = ("model", "module", "state_dict")) -> dict[str, torch.Tensor]:
     """Return the tensor dict inside ``obj``: one of ``keys`` or the object itself."""
     if isinstance(obj, dict):
@@ -94,29 +96,37 @@ def unwrap_state_dict(obj: Any, what: str, keys: tuple[str, ...] = ("model", "mo
     raise CheckpointError(f"{what}: expected a state dict (or one under {', '.join(keys)}), got {type(obj).__name__}")
 
 
-def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
-    """Write atomically: a reader never sees a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, target)
-
-
 class LoadReport:
-    """What happened when a state dict was put into a module."""
+    """What happened when a state dict was put into a module.
 
-    def __init__(self, loaded: list[str], missing: list[str], unexpected: list[str], mismatched: list[str]):
+    Besides what :func:`apply_state_dict` finds, a loader may record tensors it left out on
+    purpose (``skipped``: name -> why, e.g. upstream-only modules) and model tensors that
+    keep their fresh initialisation because the file's layout never holds them
+    (``initialised``).  Neither is a problem, so neither makes the report unclean.
+    """
+
+    def __init__(
+        self,
+        loaded: list[str],
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[str],
+        skipped: dict[str, str] | None = None,
+        initialised: list[str] | None = None,
+    ):
         self.loaded = loaded
         self.missing = missing  # model tensors the file did not provide
         self.unexpected = unexpected  # file tensors with no place in the model
         self.mismatched = mismatched  # "name: file shape vs model shape"
+        self.skipped = dict(skipped or {})  # file tensors left out on purpose -> the reason
+        self.initialised = list(initialised or [])  # model tensors the file's layout never holds
 
     @property
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def describe(self, limit: int = 10) -> str:
+        """The problems by name (for error messages)."""
         def head(items: list[str]) -> str:
             more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
             return ", ".join(items[:limit]) + more
@@ -128,6 +138,28 @@ class LoadReport:
             parts.append(f"not used by the model: {head(self.unexpected)}")
         if self.mismatched:
             parts.append(f"wrong shape: {head(self.mismatched)}")
+        return "; ".join(parts)
+
+    def summary(self, group_of: Callable[[str], str]) -> str:
+        """One line with counts per group (``group_of(name)``), e.g. for a log line per file.
+
+        ``loaded 40 (LoRA 32, projectors 8); skipped 2 (upstream-only, not used: attention 2)``
+        """
+        def counts(names: Iterable[str]) -> str:
+            tally = Counter(group_of(name) for name in names)
+            return ", ".join(f"{group} {count}" for group, count in sorted(tally.items()))
+
+        parts = [f"loaded {len(self.loaded)} ({counts(self.loaded)})" if self.loaded else "loaded 0"]
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.skipped.items():
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():
+            parts.append(f"skipped {len(names)} ({reason}: {counts(names)})")
+        if self.initialised:
+            parts.append(f"newly initialised {len(self.initialised)} ({counts(self.initialised)})")
+        for label, names in (("missing from the file", self.missing), ("not used by the model", self.unexpected)):
+            if names:
+                parts.append(f"{label} {len(names)} ({counts(names)})")
         return "; ".join(parts)
 
 

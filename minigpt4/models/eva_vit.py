@@ -10,13 +10,12 @@ model's patch grid and the 40th block (which MiniGPT-v2 never runs) left out.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from functools import partial
 
 import torch
-from timm.layers import LayerNorm, resample_abs_pos_embed
+from timm.layers import LayerNorm
 from timm.models.eva import Eva
 
 from minigpt4.common.checkpoint_io import (
@@ -27,6 +26,7 @@ from minigpt4.common.checkpoint_io import (
     unwrap_state_dict,
 )
 from minigpt4.common.registry import registry
+from minigpt4.models.pos_embed import resize_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +89,6 @@ def _block_beyond(name: str, depth: int) -> int | None:
     return index if index >= depth else None
 
 
-def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a released [1, 1 + g*g, C] table to ``grid`` as LAVIS does, the CLS entry kept."""
-    patches = pos_embed.shape[1] - 1 if pos_embed.ndim == 3 else 0
-    side = math.isqrt(patches)
-    if side == 0 or side * side != patches:
-        return pos_embed  # not a square table: loading reports the shape mismatch
-    return resample_abs_pos_embed(
-        pos_embed,
-        new_size=list(grid),
-        old_size=[side, side],
-        num_prefix_tokens=1,
-        interpolation="bicubic",
-        antialias=False,  # plain F.interpolate(align_corners=False), as the released model was run
-    )
-
-
 def eva_checkpoint_filter(
     state_dict: dict[str, torch.Tensor], model: EvaViT
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -120,7 +104,7 @@ def eva_checkpoint_filter(
         if name not in own:
             unused.append(name)
         elif name == "pos_embed":
-            tensors[name] = _resize_pos_embed(tensor, model.patch_grid)
+            tensors[name] = resize_pos_embed(tensor, model.patch_grid)
         else:
             # timm's names are LAVIS's, ``attn.q_bias`` and ``attn.v_bias`` included
             tensors[name] = tensor

@@ -16,12 +16,11 @@ and without it such a file is refused with global pooling.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from functools import partial
 
 import torch
-from timm.layers import LayerNorm, resample_abs_pos_embed
+from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
 from minigpt4.common.checkpoint_io import (
@@ -32,6 +31,7 @@ from minigpt4.common.checkpoint_io import (
     unwrap_state_dict,
 )
 from minigpt4.common.registry import registry
+from minigpt4.models.pos_embed import resize_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +77,6 @@ class FaceMAE(VisionTransformer):
         return tuple(self.patch_embed.grid_size)
 
 
-def _resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a [1, 1 + g*g, C] table to ``grid`` as MAE's ``interpolate_pos_embed`` does."""
-    patches = pos_embed.shape[1] - 1 if pos_embed.ndim == 3 else 0
-    side = math.isqrt(patches)
-    if side == 0 or side * side != patches:
-        return pos_embed  # not a square table: loading reports the wrong shape
-    return resample_abs_pos_embed(
-        pos_embed,
-        new_size=list(grid),
-        old_size=[side, side],
-        num_prefix_tokens=1,  # the CLS entry is kept as it is
-        interpolation="bicubic",
-        antialias=False,  # MAE resizes with plain F.interpolate(align_corners=False)
-    )
-
-
 def face_mae_checkpoint_filter(
     state_dict: dict[str, torch.Tensor], model: FaceMAE
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -111,7 +95,7 @@ def face_mae_checkpoint_filter(
         if name.startswith(_PRETRAINING_ONLY) or name.startswith(unused_norm):
             ignored.append(name)
         elif name == "pos_embed":
-            tensors[name] = _resize_pos_embed(tensor, model.patch_grid)
+            tensors[name] = resize_pos_embed(tensor, model.patch_grid)
         else:
             tensors[name] = tensor
     return tensors, ignored

@@ -10,10 +10,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from minigpt4.common.checkpoint_io import LoadReport, apply_state_dict, load_checkpoint, unwrap_state_dict
+from minigpt4.common.checkpoint_io import LoadReport, load_checkpoint, unwrap_state_dict
 from minigpt4.common.registry import registry
 from minigpt4.models.base_model import load_llm, load_vision_encoder
-from minigpt4.models.checkpoint_maps import model_to_released, released_to_model
+from minigpt4.models.checkpoint_maps import load_released_state, model_to_released
 from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_positions
 from minigpt4.models.prompt_layout import PromptLayout, ResolvedPosition, check_slot_positions, parse_positions
 
@@ -196,19 +196,12 @@ class MiniGPTv2(MiniGPTBase):
     def load_released_checkpoint(self, path: str, strict: bool = True, trust_checkpoint: bool = False) -> LoadReport:
         """Load an Emotion-LLaMA / MiniGPT-v2 ``.pth`` (or one written by this project).
 
-        A wrongly shaped tensor is an error that names it.  Under ``strict`` so is a file
-        tensor with no place in the model and a trainable tensor the file does not provide;
-        without it they are reported as a warning.
+        The rules (upstream-only modules skipped, a MiniGPT-v2 file as a training start point,
+        everything else strict) are those of :func:`load_released_state`, shared with the
+        training runner's resume.
         """
         raw = unwrap_state_dict(load_checkpoint(path, "model.ckpt", trust_checkpoint), "model.ckpt", keys=("model",))
-        trainable = [name for name, p in self.named_parameters() if p.requires_grad]
-        report = apply_state_dict(
-            self, released_to_model(raw), f"model.ckpt {path}", require_all=strict, strict_unexpected=strict, required=trainable
-        )
-        if not report.clean:
-            logger.warning("model.ckpt: %s does not match the model exactly: %s", path, report.describe())
-        logger.info("model.ckpt: %s: %s", path, report.describe())
-        return report
+        return load_released_state(self, raw, f"model.ckpt {path}", strict=strict)
 
     @classmethod
     def check_config(cls, cfg) -> None:

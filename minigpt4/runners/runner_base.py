@@ -4,20 +4,29 @@ For each held-out fold in ``run.folds`` the trainable tensors are reset to their
 values, trained for ``max_epoch`` epochs and validated after every epoch; the best epoch by
 ``run.best_metric`` is kept.  Per fold: ``checkpoint_last.pth`` (exact resume),
 ``checkpoint_best.pth`` (released layout, loadable through ``model.ckpt``), ``metrics.json``
-and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds.
+and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds.  Every
+one of them is written atomically (``minigpt4.common.atomic_io``).
+
+An epoch is ``iters_per_epoch`` micro-batches (data batches of ``batch_size_train`` per
+process), as in LAVIS; every ``accum_grad_iters`` of them make one optimizer step, and the lr
+schedule (warm-up included) counts micro-batches too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
+import io
 import itertools
 import json
 import logging
 import random
+import re
+import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,13 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
 
 from minigpt4.common import dist_utils
+from minigpt4.common.atomic_io import save_torch_atomic, write_text_atomic
+from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint
 from minigpt4.common.logger import MetricLogger, setup_logging
-from minigpt4.common.checkpoint_io import CheckpointError, apply_state_dict, load_checkpoint, save_checkpoint
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.optims import build_optimizer_param_groups
 from minigpt4.common.registry import registry
 from minigpt4.datasets.data_utils import collate_clips
-from minigpt4.models.checkpoint_maps import released_to_model
+from minigpt4.models.checkpoint_maps import load_released_state
 from minigpt4.runners.common import model_config_for, row_loader, seed_everything, select_device
 from minigpt4.runners.tracking import Tracker
 from minigpt4.tasks.metrics import format_metrics_table, summarize_folds
@@ -50,6 +60,7 @@ SCHEDULE_KEYS = (
     "lr_sched", "max_epoch", "iters_per_epoch", "init_lr", "min_lr", "warmup_lr", "warmup_steps", "decay_rate",
     "weight_decay",
 )
+FOLD_DIR = re.compile(r"^fold_-?\d+$")  # the folders a run writes into output_dir
 
 
 def _rng_state() -> dict:
@@ -63,6 +74,7 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    """Restore what :func:`_rng_state` captured (one process's generators)."""
     version, *rest = state["python"]
     random.setstate((version, tuple(rest[0]), rest[1]))
     name, keys, *rest = state["numpy"]
@@ -70,6 +82,64 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_train_mode(model: torch.nn.Module) -> None:
+    """Train mode for what learns; eval mode for every module whose parameters are all frozen.
+
+    ``model.train()`` alone would switch the frozen ViT's drop-path (and any other frozen
+    module's dropout) on, which the original prevented by disabling ``train()`` on its frozen
+    encoder.  Modules without parameters (dropout, LoRA's dropout) follow their parent.
+    """
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def micro_steps(
+    net: torch.nn.Module,
+    batches: Iterable[dict],
+    num_micro_batches: int,
+    loss_of: Callable[[torch.nn.Module, dict], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    set_lr: Callable[[int], float],
+    accum_grad_iters: int,
+    max_grad_norm: float,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Iterator[tuple[int, float, float]]:
+    """Train on ``num_micro_batches`` batches; yields ``(micro_step, loss, lr)`` after each.
+
+    Every ``accum_grad_iters`` consecutive micro-batches form one optimizer step; a last,
+    shorter group at the end of the epoch steps too.  Each loss is divided by the size of its
+    group, so a step follows the mean gradient of its micro-batches.  Under DDP the
+    non-final micro-batches of a group run in ``no_sync`` (gradients are all-reduced once per
+    step, not per micro-batch).  With loss scaling (fp16) the gradients are unscaled before
+    clipping to ``max_grad_norm`` (0: no clipping), and the scaler skips a step whose
+    gradients overflowed.  ``set_lr(micro_step)`` sets the schedule's rate first.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    for micro_step, samples in enumerate(batches):
+        group_start = micro_step - micro_step % accum_grad_iters
+        group_size = min(accum_grad_iters, num_micro_batches - group_start)
+        steps_optimizer = micro_step == group_start + group_size - 1
+        lr = set_lr(micro_step)
+        syncing = steps_optimizer or not isinstance(net, DistributedDataParallel)
+        with contextlib.nullcontext() if syncing else net.no_sync():
+            with autocast():
+                loss = loss_of(net, samples)
+            scaler.scale(loss / group_size).backward()
+        if steps_optimizer:
+            if max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        yield micro_step, loss.item(), lr
 
 
 @registry.register_runner("runner_base")
@@ -159,6 +229,7 @@ class RunnerBase:
 
     def _scheduler(self, optimizer, steps_per_epoch: int):
         cls = registry.get("lr_scheduler", self.run_cfg.lr_sched)
+        # iters_per_epoch of the schedule: micro-batches, the unit it is stepped in
         values = {
             "max_epoch": self.run_cfg.max_epoch, "iters_per_epoch": steps_per_epoch, "min_lr": self.run_cfg.min_lr,
             "init_lr": self.run_cfg.init_lr, "warmup_steps": self.run_cfg.warmup_steps,
@@ -170,27 +241,51 @@ class RunnerBase:
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> dict:
         dist_utils.init_distributed()
+        try:
+            return self._run()
+        finally:
+            dist_utils.destroy_distributed()  # leave the process group cleanly, error or not
+
+    def _run(self) -> dict:
         setup_logging(self.run_cfg.log_level)  # after init: it needs the rank
         self._check_output_dir()
         folds = list(self.run_cfg.folds)
         fold_data = {fold: self._build_fold_datasets(fold) for fold in folds}  # bad data fails here
         device = select_device(self.run_cfg.device)
-        seed_everything(self.run_cfg.seed)
+        seed_everything(self.run_cfg.seed)  # the same initial weights on every process
         model = self.task.build_model(model_config_for(self.cfg.model_cfg, device)).to(device)
         initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self._remove_earlier_run()
         tracker = Tracker(self.run_cfg, self.out_dir, self.cfg.to_dict())
+        # folds before the resumed one in run.folds order are finished: their metrics are read back
+        finished = folds[: folds.index(self.resume["fold"])] if self.resume is not None else []
         results = {}
         try:
             for fold in folds:
-                if self.resume is not None and fold < self.resume["fold"]:
+                if fold in finished:
                     results[fold] = self._read_fold_metrics(fold)
                     continue
-                seed_everything(self.run_cfg.seed)
+                # LAVIS's seed + rank: one dropout stream per process, the same for every fold
+                seed_everything(self.run_cfg.seed + dist_utils.get_rank())
                 model.load_state_dict(initial, strict=False)
                 results[fold] = self._train_fold(model, fold, *fold_data[fold], tracker)
         finally:
             tracker.close()
         return self._write_summary(results)
+
+    def _remove_earlier_run(self) -> None:
+        """With ``run.overwrite`` (and no resume) the earlier run's fold folders and summary go,
+        so output_dir never mixes its folds (say fold_4 of a 5-fold run) with this run's."""
+        if self.resume is not None or not self.run_cfg.overwrite or not dist_utils.is_main_process():
+            dist_utils.barrier()
+            return
+        earlier = [p for p in self.out_dir.glob("fold_*") if p.is_dir() and FOLD_DIR.match(p.name)]
+        for folder in earlier:
+            shutil.rmtree(folder)
+        (self.out_dir / "summary.json").unlink(missing_ok=True)
+        if earlier:
+            logger.info("run.overwrite: removed %s of the earlier run in %s", ", ".join(sorted(p.name for p in earlier)), self.out_dir)
+        dist_utils.barrier()
 
     def _read_fold_metrics(self, fold: int) -> dict:
         path = self.out_dir / f"fold_{fold}" / "metrics.json"
@@ -206,10 +301,10 @@ class RunnerBase:
         optimizer = torch.optim.AdamW(
             build_optimizer_param_groups(model, self.run_cfg.weight_decay), lr=self.run_cfg.init_lr, betas=(0.9, 0.999)
         )
-        steps = self.run_cfg.iters_per_epoch or len(self._train_loader(train_set, fold, 0))
-        scheduler = self._scheduler(optimizer, steps)
-        use_scaler = model.device.type == "cuda" and model.precision == "fp16"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        micro_batches = self.run_cfg.iters_per_epoch or len(self._train_loader(train_set, fold, 0))
+        scheduler = self._scheduler(optimizer, micro_batches)
+        use_scaler = model.compute_dtype == torch.float16  # fp16 weights/autocast on a GPU
+        scaler = torch.amp.GradScaler(model.device.type, enabled=use_scaler)
         eval_rows = range(dist_utils.get_rank(), len(eval_set), dist_utils.get_world_size())
         eval_loader = row_loader(eval_set, eval_rows, self.run_cfg.batch_size_eval, self.run_cfg.num_workers)
 
@@ -219,8 +314,8 @@ class RunnerBase:
             self.resume = None
 
         for epoch in range(start_epoch, self.run_cfg.max_epoch):
-            net.train()
-            train_loss = self._train_epoch(net, optimizer, scheduler, scaler, train_set, fold, epoch, steps, tracker)
+            set_train_mode(model)
+            train_loss = self._train_epoch(net, optimizer, scheduler, scaler, train_set, fold, epoch, micro_batches, tracker)
             net.eval()
             result = self.task.evaluation(model, eval_loader, candidates)
             value = result.metrics.get(self.run_cfg.best_metric)
@@ -245,29 +340,23 @@ class RunnerBase:
         return value > best if larger_is_better else value < best
 
     def _batches(self, train_set, fold: int, epoch: int, steps: int) -> Iterator[dict]:
-        """``steps`` batches, passing over the data again if ``iters_per_epoch`` asks for more."""
+        """``steps`` micro-batches, passing over the data again if ``iters_per_epoch`` asks for more."""
         passes = (self._train_loader(train_set, fold, epoch, data_pass) for data_pass in itertools.count())
         return itertools.islice(itertools.chain.from_iterable(passes), steps)
 
     def _train_epoch(self, net, optimizer, scheduler, scaler, train_set, fold, epoch, steps, tracker) -> float:
-        accum = self.run_cfg.accum_grad_iters
+        """One epoch of ``steps`` micro-batches; returns the mean training loss."""
         meters = MetricLogger()
-        params = [p for p in net.parameters() if p.requires_grad]
-        optimizer.zero_grad(set_to_none=True)
-        header = f"fold {fold} epoch {epoch}"
-        for step, samples in enumerate(meters.log_every(self._batches(train_set, fold, epoch, steps), self.run_cfg.log_freq, header)):
-            lr = scheduler.step(cur_epoch=epoch, cur_step=step)
-            loss = self.task.train_step(net, samples)
-            scaler.scale(loss / accum).backward()
-            if (step + 1) % accum == 0 or step + 1 == steps:
-                if self.run_cfg.max_grad_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, self.run_cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-            meters.update(loss=loss.item(), lr=lr)
-            tracker.scalar(f"fold_{fold}/train/loss", loss.item(), epoch * steps + step)
+        model = net.module if isinstance(net, DistributedDataParallel) else net
+        batches = meters.log_every(self._batches(train_set, fold, epoch, steps), self.run_cfg.log_freq, f"fold {fold} epoch {epoch}")
+        for step, loss, lr in micro_steps(
+            net, batches, steps, self.task.train_step, optimizer, scaler,
+            set_lr=lambda step: scheduler.step(cur_epoch=epoch, cur_step=step),
+            accum_grad_iters=self.run_cfg.accum_grad_iters, max_grad_norm=self.run_cfg.max_grad_norm,
+            autocast=model.maybe_autocast,
+        ):
+            meters.update(loss=loss, lr=lr)
+            tracker.scalar(f"fold_{fold}/train/loss", loss, epoch * steps + step)
             tracker.scalar(f"fold_{fold}/train/lr", lr, epoch * steps + step)
         meters.synchronize_between_processes()
         return meters.meters["loss"].global_avg
@@ -276,36 +365,42 @@ class RunnerBase:
     def _save_best(self, model, fold_dir: Path, fold: int, epoch: int, result) -> None:
         if not dist_utils.is_main_process():
             return
-        save_checkpoint(
+        save_torch_atomic(
+            fold_dir / "checkpoint_best.pth",
             {"model": model.trainable_state_dict(), "fold": fold, "epoch": epoch, "metrics": result.metrics,
              "config": self.cfg.to_dict()},
-            fold_dir / "checkpoint_best.pth",
         )
-        with open(fold_dir / "predictions.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["clip", "label", "prediction", "p_mw"], extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(result.predictions)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=["clip", "label", "prediction", "p_mw"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result.predictions)
+        write_text_atomic(fold_dir / "predictions.csv", buffer.getvalue())
 
     def _save_last(self, model, optimizer, scheduler, scaler, fold_dir, fold, epoch, history, best) -> None:
+        rng = dist_utils.all_gather_object(_rng_state())  # every process's generators, by rank
         if dist_utils.is_main_process():
-            save_checkpoint(
+            save_torch_atomic(
+                fold_dir / "checkpoint_last.pth",
                 {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "lr_sched": scheduler.state_dict(), "fold": fold, "epoch": epoch,
-                 "history": history, "best": best, "rng": _rng_state(), "config": self.cfg.to_dict()},
-                fold_dir / "checkpoint_last.pth",
+                 "history": history, "best": best, "rng": rng, "config": self.cfg.to_dict()},
             )
         dist_utils.barrier()
 
     def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, list, dict]:
         state = self.resume
-        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        apply_state_dict(model, released_to_model(state["model"]), f"run.resume_ckpt_path {self.run_cfg.resume_ckpt_path}",
-                         required=trainable)
+        world = dist_utils.get_world_size()
+        if len(state["rng"]) != world:
+            raise ConfigError(
+                f"run.resume_ckpt_path: {self.run_cfg.resume_ckpt_path} was saved by {len(state['rng'])} process(es); "
+                f"an exact resume needs as many, not {world}"
+            )
+        load_released_state(model, state["model"], f"run.resume_ckpt_path {self.run_cfg.resume_ckpt_path}", start_point=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_sched"])
         if state["scaler"]:  # empty when fp16 loss scaling is off
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][dist_utils.get_rank()])
         logger.info("resumed fold %d after epoch %d from %s", state["fold"], state["epoch"], self.run_cfg.resume_ckpt_path)
         return state["epoch"] + 1, state["history"], state["best"]
 
@@ -313,13 +408,13 @@ class RunnerBase:
         if dist_utils.is_main_process():
             payload = {"fold": fold, "best_metric": self.run_cfg.best_metric, "best_epoch": best["epoch"],
                        "best": best["metrics"], "history": history}
-            (fold_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+            write_text_atomic(fold_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
 
     def _write_summary(self, results: dict) -> dict:
         per_fold = {f"fold {fold}": metrics for fold, metrics in results.items()}
         summary = {"best_metric": self.run_cfg.best_metric, "folds": {str(k): v for k, v in results.items()},
                    "summary": summarize_folds(list(results.values()))}
         if dist_utils.is_main_process():
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             logger.info("results across folds:\n%s", format_metrics_table(per_fold, summary["summary"]))
         return summary

@@ -1,4 +1,5 @@
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -22,22 +23,6 @@ def test_single_process_defaults(no_torchrun_env):
     dist_utils.destroy_distributed()  # no-op
 
 
-def test_main_process_decorator(monkeypatch):
-    calls = []
-
-    @dist_utils.main_process
-    def save(value):
-        """Writes a file."""
-        calls.append(value)
-        return "saved"
-
-    assert save.__name__ == "save" and save.__doc__ == "Writes a file."
-    assert save(1) == "saved"
-    monkeypatch.setattr(dist_utils, "get_rank", lambda: 1)
-    assert save(2) is None
-    assert calls == [1]
-
-
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,3 +43,24 @@ def test_one_process_group_under_torchrun_env(monkeypatch):
     finally:
         dist_utils.destroy_distributed()
     assert not dist_utils.is_dist_avail_and_initialized()
+
+
+def test_every_helper_is_used_by_the_project():
+    """Helpers nothing calls are removed rather than kept "just in case" (dist_utils, registry)."""
+    import ast
+
+    from minigpt4.common.registry import Registry
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for folder in ("minigpt4", "benchmarks", "scripts") for p in (root / folder).rglob("*.py")]
+    sources += list(root.glob("*.py"))
+    used = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.Name):
+                used.add(node.id)
+    helpers = [n for n, v in vars(dist_utils).items() if callable(v) and getattr(v, "__module__", "") == dist_utils.__name__]
+    methods = [n for n in vars(Registry) if not n.startswith("_")]
+    assert [n for n in helpers + methods if n not in used] == []

@@ -8,10 +8,9 @@ them unconditionally.  Call :func:`init_distributed` before anything asks for th
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,8 +18,6 @@ import torch.distributed as dist
 logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def launched_by_torchrun() -> bool:
@@ -97,15 +94,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def main_process(fn: F) -> F:
-    """Run ``fn`` on rank 0 only; other ranks get ``None`` without calling it."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if is_main_process():
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapper  # type: ignore[return-value]

@@ -24,8 +24,6 @@ class RegistryError(KeyError):
 class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
-        self._paths: dict[str, str] = {}
-        self._state: dict[str, Any] = {}
         for kind in KINDS:
             setattr(self, f"register_{kind}", self._shortcut(kind))
 
@@ -68,22 +66,6 @@ class Registry:
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._table(kind)
-
-    def register_path(self, name: str, path: str) -> None:
-        if name in self._paths:
-            raise RegistryError(f"path {name!r} is already registered")
-        self._paths[name] = str(path)
-
-    def get_path(self, name: str) -> str:
-        if name not in self._paths:
-            raise RegistryError(f"unknown path {name!r}; registered: {', '.join(sorted(self._paths))}")
-        return self._paths[name]
-
-    def set_state(self, name: str, value: Any) -> None:
-        self._state[name] = value
-
-    def get_state(self, name: str, default: Any = None) -> Any:
-        return self._state.get(name, default)
 
 
 registry = Registry()

@@ -270,9 +270,9 @@ class Config:
         keys = [(f"model.{key}", True) for key in getattr(model_cls, "REQUIRED_PATHS", ())]
         keys += [(f"model.{key}", False) for key in getattr(model_cls, "OPTIONAL_PATHS", ())]
         for section in DATASET_SECTIONS:
-            for name in resolved.get(section) or {}:
+            for name, values in (resolved.get(section) or {}).items():
                 builder = registry.get("builder", name)
-                keys += [(f"{section}.{name}.{key}", True) for key in getattr(builder, "REQUIRED_PATHS", ())]
+                keys += [(f"{section}.{name}.{key}", True) for key in builder.required_paths(values or {})]
         return keys
 
     def _check_paths(self, resolved: dict) -> None:

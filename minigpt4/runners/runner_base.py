@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from minigpt4.common import dist_utils
 from minigpt4.common.atomic_io import save_torch_atomic, write_text_atomic
@@ -218,6 +218,9 @@ class RunnerBase:
         # The shuffle depends only on (seed, fold, epoch, pass): a resumed run sees the same order.
         seed = int(np.random.SeedSequence([self.run_cfg.seed, fold, epoch, data_pass]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(seed)
+        if isinstance(dataset, IterableDataset):  # a shard stream splits per node and worker and shuffles itself
+            return DataLoader(dataset.for_epoch(seed), batch_size=self.run_cfg.batch_size_train,
+                              num_workers=self.run_cfg.num_workers, collate_fn=collate_clips)
         if dist_utils.get_world_size() > 1:
             sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
         else:

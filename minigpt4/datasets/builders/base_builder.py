@@ -44,6 +44,11 @@ class BaseDatasetBuilder:
         self.vis_processors = {split: self._processor(self.config.vis_processor[split]) for split in PROCESSOR_SPLITS}
 
     @classmethod
+    def required_paths(cls, section: Mapping[str, Any]) -> tuple[str, ...]:
+        """Dotted keys of ``section`` (the dataset's resolved config) that must name existing paths."""
+        return cls.REQUIRED_PATHS
+
+    @classmethod
     def default_config_path(cls, config_type: str = "default") -> str:
         return str(PACKAGE_ROOT / cls.DATASET_CONFIG_DICT[config_type])
 

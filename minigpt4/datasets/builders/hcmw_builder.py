@@ -7,6 +7,7 @@ from functools import cached_property
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
 from minigpt4.datasets.datasets.hcmw_dataset import NO_FOLD, HCMWDataset
+from minigpt4.datasets.shards.hcmw_shards import HCMWShardDataset, HCMWShardStream
 
 
 @registry.register_builder("hcmw_caption")
@@ -15,6 +16,11 @@ class HCMWBuilder(BaseDatasetBuilder):
     REQUIRED_PATHS = ("build_info.annotation", "build_info.image_root", "build_info.feature_root")
     EVAL_TASK = "feature_dump"  # what eval_emotion.py does with this dataset
 
+    @classmethod
+    def required_paths(cls, section) -> tuple[str, ...]:
+        # shards replace the folders; their pattern is checked when the dataset is built
+        return () if (section.get("build_info") or {}).get("shards") else cls.REQUIRED_PATHS
+
     def build(self, split: str, fold: int | None = None) -> HCMWDataset:
         """``train`` / ``eval`` rows of ``fold`` (default: the config's ``fold``), or ``all`` rows.
 
@@ -22,12 +28,27 @@ class HCMWBuilder(BaseDatasetBuilder):
         """
         if fold is None:
             fold = NO_FOLD if split == "all" else self.config.fold
-        return self.validated.select(split, fold, self.vis_processor(split))
+        dataset = self.validated.select(split, fold, self.vis_processor(split))
+        if split == "train" and self.config.build_info.shards:  # training streams shards (WebDataset)
+            return HCMWShardStream(dataset, self.config.shuffle_buffer)
+        return dataset
 
     @cached_property
     def validated(self) -> HCMWDataset:
         """Every usable row, its files checked once per builder, whatever splits are taken."""
         cfg, info = self.config, self.config.build_info
+        if info.shards:
+            return HCMWShardDataset(
+                self.vis_processor("all"),
+                info.shards,
+                info.shard_index,
+                audio=bool(info.audio_dir),  # as with the folders: empty = no audio stream
+                feature_dim=cfg.feature_dim,
+                instruction=cfg.instruction,
+                answers=dict(cfg.answers),
+                positive_label=cfg.positive_label,
+                on_error=cfg.on_error,
+            )
         return HCMWDataset(
             self.vis_processor("all"),
             info.annotation,

@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from minigpt4.datasets.datasets.base_dataset import (
     SPLITS,
@@ -111,10 +112,14 @@ class HCMWDataset(ClipDataset):
         codes = [positive_label] + [code for code in LABELS if code != positive_label]
         self.answers = {code: answers[code] for code in codes}
 
-        self.rows = read_annotation(self.annotation)
+        self.rows = self._read_rows()
         self._drop_bad_rows()
         self.split = "all"
         self._take(split, fold)
+
+    def _read_rows(self) -> list[HCMWRow]:
+        """Every row of the annotation, before any file is checked."""
+        return read_annotation(self.annotation)
 
     def select(self, split: str, fold: int, vis_processor: Callable) -> "HCMWDataset":
         """The ``split`` rows of ``fold`` of this ``all`` dataset, without checking any file again
@@ -195,9 +200,13 @@ class HCMWDataset(ClipDataset):
         vectors = [read_vector(path, self.feature_dim) for path in self.vector_files(row.clip)]
         if self.audio_dir is None:
             vectors.append(np.zeros(self.feature_dim, dtype=np.float32))
+        return self._item(row, open_rgb(self.peak_frame(row.clip)), vectors)
+
+    def _item(self, row: HCMWRow, image: Image.Image, vectors: list[np.ndarray]) -> dict:
+        """The item of ``row`` from its peak frame and its three (D,) vectors."""
         answer = self.answers[row.label]
         return {
-            "image": self.vis_processor(open_rgb(self.peak_frame(row.clip))),
+            "image": self.vis_processor(image),
             "video_features": torch.from_numpy(np.stack(vectors)),  # [3, D]
             "instruction_input": self.instruction,
             "answer": answer,

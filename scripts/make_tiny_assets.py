@@ -12,7 +12,9 @@ Writes, only under OUT_DIR:
 - ``hubert/``: a Hugging Face HuBERT folder (random tiny weights, feature extractor config);
 - ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
   FaceMAE/VideoMAE/audio vectors) whose drawn faces and tones depend on the label;
-- ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors).
+- ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors);
+- ``sessions/``: two session videos of moving drawn faces and a segments CSV, the raw input of
+  the prepare step (``scripts/tiny_sessions.py``).
 
 With the same seed and library versions, every file is byte-identical from run to run
 (videos included: the encoder and muxer run single-threaded in bit-exact mode). The
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
+import sys
 import json
 import time
 from dataclasses import dataclass, replace
@@ -160,7 +164,7 @@ MER_FRAMES = 16
 MER_AVI_CLIPS = (3, 8)  # clip indices written as .avi instead of .mp4
 
 # Independent random streams, one per part, so a change in one part leaves the others alone.
-PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer", "hubert")
+PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer", "hubert", "sessions")
 
 
 # =========================================================================== tokenizer
@@ -673,6 +677,18 @@ def make_mer(root: Path, rng: np.random.Generator) -> dict[str, Path]:
     return paths
 
 
+# =========================================================================== session videos
+
+
+def make_sessions(root: Path, rng: np.random.Generator) -> dict[str, Path]:
+    """``scripts/tiny_sessions.py``'s sessions, loaded by file: ``scripts/`` is not a package."""
+    spec = importlib.util.spec_from_file_location("tiny_sessions", Path(__file__).with_name("tiny_sessions.py"))
+    tiny_sessions = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tiny_sessions  # its dataclasses look their module up there
+    spec.loader.exec_module(tiny_sessions)
+    return tiny_sessions.make_sessions(root, rng)
+
+
 # =========================================================================== entry points
 
 
@@ -696,6 +712,7 @@ def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     paths |= make_mer(out_dir / "mer", np.random.default_rng(seeds["mer"]))
     paths["hubert_dir"] = out_dir / "hubert"
     write_tiny_hubert(paths["hubert_dir"], seeds["hubert"])
+    paths |= make_sessions(out_dir / "sessions", np.random.default_rng(seeds["sessions"]))
     return paths
 
 

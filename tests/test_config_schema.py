@@ -121,6 +121,8 @@ def test_keys_that_pick_the_defaults_refuse_a_wrong_type_naming_the_key(tmp_path
         ("runner_base", "model.lora_target_modules=[q_proj,1]", "model.lora_target_modules: every element must be str, got int 1"),
         ("runner_base", "model.lora_dropout=1.5", "model.lora_dropout: must be at most 1.0"),
         ("runner_base", "run.folds=[0,one]", "run.folds: every element must be int, got str 'one'"),
+        ("runner_base", "run.device=gpu", "run.device: 'gpu' does not have the form cpu|cuda(:\\d+)?"),
+        ("runner_base", "run.seed=-1", "run.seed: must be at least 0, got -1"),
         ("runner_base", "run.lr_sched=cosine", "run.lr_sched: unknown lr_scheduler 'cosine'"),
         ("runner_base", "run.best_metric=auc", "run.best_metric: 'auc' is not one of accuracy, balanced_accuracy"),
         ("runner_base", "run.batch_size_train=0", "run.batch_size_train: must be at least 1, got 0"),

@@ -15,6 +15,7 @@ Keys are written with their section: ``model.precision``, ``run.batch_size``, an
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -34,6 +35,7 @@ class Rule:
     minimum: float | None = None  # inclusive bounds of a number
     maximum: float | None = None
     items: tuple[type, ...] = ()  # allowed list element types, instead of the default's
+    pattern: str = ""  # a regular expression the whole (string) value must match
     ignore_case: bool = False  # compare choices case-insensitively
     # Allowed values that depend on other keys: (whole config, mapping holding the key) -> values.
     choices_of: Callable[[Mapping, Mapping], tuple] | None = None
@@ -60,6 +62,8 @@ class Rule:
             fold = (lambda v: str(v).lower()) if self.ignore_case else (lambda v: v)
             if fold(value) not in {fold(choice) for choice in allowed}:
                 return f"{value!r} is not one of {', '.join(map(str, allowed))}"
+        if self.pattern and not re.fullmatch(self.pattern, str(value)):
+            return f"{value!r} does not have the form {self.pattern}"
         if self.minimum is not None and value < self.minimum:
             return f"must be at least {self.minimum}, got {value!r}"
         if self.maximum is not None and value > self.maximum:
@@ -77,6 +81,8 @@ class Rule:
             parts.append(f"a registered {self.registered}: " + ", ".join(self.allowed()))
         elif self.choices:
             parts.append(" | ".join(map(str, self.choices)))
+        if self.pattern:
+            parts.append(f"form: {self.pattern}")
         if self.minimum is not None and self.maximum is not None:
             parts.append(f"{self.minimum} to {self.maximum}")
         elif self.minimum is not None:
@@ -92,6 +98,10 @@ def _task_metrics(root: Mapping, parent: Mapping) -> tuple:
     return tuple(getattr(registry.get("task", parent["task"]), "METRICS", ()))
 
 
+def _model_types(root: Mapping, parent: Mapping) -> tuple:
+    return tuple(getattr(registry.get("model", parent["arch"]), "PRETRAINED_MODEL_CONFIG_DICT", ()))
+
+
 def _answer_codes(root: Mapping, parent: Mapping) -> tuple:
     return tuple(parent.get("answers") or ())
 
@@ -103,6 +113,7 @@ FRACTION = {"minimum": 0.0, "maximum": 1.0}
 RULES: dict[str, Rule] = {
     # model
     "model.arch": Rule(registered="model"),
+    "model.model_type": Rule(choices_of=_model_types, depends="a type of model.arch"),
     "model.vit_model": Rule(registered="encoder"),
     "model.precision": Rule(choices=("bf16", "fp16", "fp32")),
     "model.num_video_streams": Rule(choices=(2, 3)),
@@ -122,6 +133,8 @@ RULES: dict[str, Rule] = {
     "run.runner": Rule(registered="runner"),
     "run.task": Rule(registered="task"),
     "run.lr_sched": Rule(registered="lr_scheduler"),
+    "run.device": Rule(pattern=r"cpu|cuda(:\d+)?"),
+    "run.seed": Rule(minimum=NON_NEGATIVE),
     "run.best_metric": Rule(choices_of=_task_metrics, depends="a metric of run.task"),
     "run.folds": Rule(items=(int,)),
     "run.max_epoch": Rule(minimum=POSITIVE),

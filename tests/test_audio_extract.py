@@ -273,7 +273,7 @@ def test_rerun_resumes_and_another_layer_is_refused_without_overwrite(tmp_path, 
 
 
 def test_out_of_range_layer_is_refused(tmp_path, hubert_dir):
-    with pytest.raises(SystemExit, match="--layer 3 out of range"):
+    with pytest.raises(SystemExit, match="layer 3 out of range: this HuBERT has 3 hidden-state layers"):
         extract(tmp_path, tmp_path / "out", hubert_dir, "--layer", "3")
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 from argparse import Namespace
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from PIL import Image
 import minigpt4  # noqa: F401  (fills the registry)
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
+from minigpt4.datasets.audio_track import read_audio_track
 from minigpt4.datasets.errors import DataError
+from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = {  # kind: (file, dataset section, the runner its command uses)
@@ -91,3 +94,18 @@ def test_hcmw_clip_without_an_audio_vector_is_named_never_zero_filled(tmp_path):
     assert [item["video_id"] for item in dataset] == ["a"]
     assert [(bad.clip, bad.file) for bad in dataset.skipped] == [("b", str(missing))]
     np.testing.assert_array_equal(dataset[0]["video_features"][2].numpy(), np.full(DIM, 0.5))  # the audio row
+
+
+def test_tiny_assets_give_the_demo_clips_a_tone_of_their_label_and_a_hubert_of_feature_dim(tiny_assets, tiny_assets_script):
+    encoder = HubertAudioEncoder.from_pretrained(tiny_assets["hubert_dir"])
+    assert encoder.feature_dim == tiny_assets_script.FEATURE_DIM == 64  # the tiny model's video_feature_dim
+    assert encoder.feature_extractor is not None and encoder.feature_extractor.do_normalize
+    with open(tiny_assets["hcmw_csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        clip = row["uuid"].removesuffix(".mp4")
+        sound = read_audio_track(tiny_assets["hcmw_video_root"] / f"{clip}.mp4", encoder.sample_rate)
+        assert len(sound) == 32 * encoder.sample_rate // 25  # as long as the 32 frames at 25 fps
+        peak_hz = np.argmax(np.abs(np.fft.rfft(sound))) * encoder.sample_rate / len(sound)
+        assert abs(peak_hz - tiny_assets_script.AUDIO_TONE_HZ[row["mw_label"]]) < 2
+        assert (tiny_assets["hcmw_feature_root"] / "HL-UTT" / f"{clip}.npy").is_file()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,19 +113,17 @@ def extract_audio_features(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    source: Mapping | None = None,
 ) -> ExtractionSummary:
     """HuBERT per clip: the mean over time of layer ``encoder.layer`` (D,) at ``UTTERANCE``,
     every frame (T, D) at ``FRAME``.  ``batch_size`` clips are decoded per step and at most
-    that many equal-length windows share a forward pass.  ``source`` (the model folder, say)
-    joins the output folder's fingerprint; ``overwrite`` replaces files made with other settings.
+    that many equal-length windows share a forward pass.  ``overwrite`` replaces the files of
+    a folder made with other settings (see the module's docstring).
     """
     level = FeatureLevel(feature_level)
     check_counts(batch_size=batch_size, num_workers=num_workers)
     output_dir = Path(output_dir)
     settings = encoder_settings(
         encoder,  # its state dict: the HuBERT weights
-        **(source or {}),
         feature_level=level.value,
         layer=encoder.layer,
         normalize=bool(encoder.feature_extractor is not None and encoder.feature_extractor.do_normalize),

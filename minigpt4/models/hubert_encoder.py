@@ -41,8 +41,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 class HubertAudioEncoder(nn.Module):
     """Waveforms -> frame vectors [T, D] of layer ``layer`` of L transformer layers (kept as
     its non-negative index): L (or -1, the default) is the model's output
-    ``last_hidden_state``, after the final layer norm of HuBERT-large-style models, as the
-    upstream features were taken; 0 <= k < L is ``hidden_states[k]``, the input of
+    ``last_hidden_state``, after the final layer norm of HuBERT-large-style models;
+    0 <= k < L is ``hidden_states[k]``, the input of
     transformer layer k (0: the projected conv features plus position embedding).  The last
     layer is not read from ``hidden_states``: transformers 4 put the normed output there,
     transformers 5 the un-normed one.
@@ -64,7 +64,7 @@ class HubertAudioEncoder(nn.Module):
         num_states = self.num_layers + 1
         if not -num_states <= layer < num_states:
             raise ValueError(
-                f"--layer {layer} out of range: this HuBERT has {num_states} hidden-state layers "
+                f"layer {layer} out of range: this HuBERT has {num_states} hidden-state layers "
                 f"(0..{self.num_layers}, or -{num_states}..-1 from the end)"
             )
         self.layer = layer % num_states  # one name per layer: -1 and the last index are the same vectors
@@ -73,16 +73,18 @@ class HubertAudioEncoder(nn.Module):
         # two minimum-length windows must fit in one, so no window of a split is too short
         if self.window_samples < 2 * self.min_samples:
             raise ValueError(
-                f"--window_seconds {window_seconds}: a window must hold at least "
+                f"window_seconds {window_seconds}: a window must hold at least "
                 f"{2 * self.min_samples / self.sample_rate:.3f} s ({2 * self.min_samples} samples)"
             )
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, layer: int = -1, window_seconds: float = 30.0) -> "HubertAudioEncoder":
+    def from_pretrained(
+        cls, folder: str | os.PathLike, layer: int = -1, window_seconds: float = 30.0
+    ) -> "HubertAudioEncoder":
         """The HuBERT of a local Hugging Face folder (``config.json`` + weights)."""
         folder = Path(folder).expanduser()
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"--model_dir {folder}: not a Hugging Face model folder (no config.json)")
+            raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
         with quiet_transformers():
             hubert = HubertModel.from_pretrained(folder, local_files_only=True)
         feature_extractor = None

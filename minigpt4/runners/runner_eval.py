@@ -18,6 +18,7 @@ from minigpt4.common import dist_utils
 from minigpt4.common.logger import setup_logging
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
+from minigpt4.datasets.errors import SKIPPED_REPORT, write_skipped_report
 from minigpt4.runners.common import model_config_for, row_loader, seed_everything, select_device
 from minigpt4.tasks.base_task import BaseTask
 

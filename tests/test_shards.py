@@ -279,3 +279,15 @@ def test_audio_vectors_are_packed_and_read_when_audio_dir_is_set(tiny_assets, sh
     assert not without[3]["video_features"][2].any()
     with pytest.raises(ShardError, match="audio_dir is set but the shards hold no audio vectors"):
         builder(build_info={"shards": str(shards / PATTERN), "audio_dir": "audio"}).build("all")
+
+
+def test_shards_stream_through_pipe_commands_with_the_index_named_by_shard_index(shards, tmp_path):
+    index = tmp_path / "elsewhere" / "index.json"
+    index.parent.mkdir()
+    shutil.copy(shards / "index.json", index)
+    piped = builder(build_info={"shards": f"pipe:cat {shards}/{PATTERN}", "shard_index": str(index)}).build("all")
+    local = shard_builder(shards).build("all")
+    assert piped.names == local.names
+    assert_same_item(piped[9], local[9])
+    with pytest.raises(ShardError, match="shard_index: must be set when the shards are read through pipe:"):
+        builder(build_info={"shards": f"pipe:cat {shards}/{PATTERN}"}).build("all")

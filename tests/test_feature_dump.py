@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from minigpt4.datasets.errors import DataError
-from minigpt4.features.writer import FeatureOutputError
+from minigpt4.features.writer import FeatureOutputError, FeatureWriter
 from minigpt4.models.prompt_layout import parse_positions
 from minigpt4.processors.blip_processors import Blip2ImageEvalProcessor
 from minigpt4.tasks.base_task import BaseTask
@@ -411,6 +411,48 @@ def test_per_clip_layout_holds_the_stacked_rows(clean_dump, tmp_path, demo_env):
             clip_array = np.load(out / kind / f"{clip}.npy")
             assert clip_array.dtype == np.float16
             np.testing.assert_array_equal(clip_array, stacked[kind][row], err_msg=f"{kind}/{clip}")
+
+
+def test_per_clip_resume_recomputes_whole_batches_and_ends_identical(demo_env, tmp_path, monkeypatch):
+    # a batch's numbers can round differently in a smaller batch: resume must redo whole ones
+    clean = tmp_path / "clean"
+    dump(clean, "run.feature_layout=per_clip")
+    out = tmp_path / "features"
+    write = FeatureWriter.write
+    calls = []
+
+    def write_then_die(self, rows, arrays):
+        calls.append(list(rows))
+        if len(calls) == 3:  # killed inside batch 3: only its first 3 clips reach the disk
+            write(self, rows[:3], {kind: batch[:3] for kind, batch in arrays.items()})
+            raise Killed
+        write(self, rows, arrays)
+
+    monkeypatch.setattr(FeatureWriter, "write", write_then_die)
+    with pytest.raises(Killed):
+        dump(out, "run.feature_layout=per_clip")
+    monkeypatch.setattr(FeatureWriter, "write", write)
+    rows_redone = []
+    step = FeatureDumpTask.step
+
+    def step_and_record(model, batch, writer):
+        rows_redone.extend(batch["row"])
+        step(model, batch, writer)
+
+    monkeypatch.setattr(FeatureDumpTask, "step", staticmethod(step_and_record))
+    dump(out, "run.feature_layout=per_clip")
+    assert rows_redone == list(range(16, 24))  # batch 3 as a whole (8 rows), not its last 5
+    assert folder_bytes(out) == folder_bytes(clean)
+
+
+@pytest.mark.parametrize("option", ["run.batch_size=0", "run.num_workers=-1"])
+def test_bad_loader_setting_stops_before_any_output(demo_env, tmp_path, option):
+    from minigpt4.common.config import ConfigError
+
+    out = tmp_path / "features"
+    with pytest.raises(ConfigError, match=option.split("=")[0].replace(".", r"\.")):
+        dump(out, option)
+    assert not out.exists()
 
 
 @pytest.mark.slow

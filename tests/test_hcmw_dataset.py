@@ -321,3 +321,22 @@ def test_on_tiny_assets(tiny_assets):
     assert not set(train.names) & set(held_out.names)
     assert held_out[0]["video_features"].shape == (3, 64)
     assert held_out[0]["image"].shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize("files_form, csv_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_clip_ids_and_file_names_are_compared_in_nfc(tmp_path, files_form, csv_form):
+    import unicodedata
+
+    # macOS stores "é" decomposed (NFD); an annotation typed elsewhere holds it composed (NFC)
+    on_disk, in_csv = (unicodedata.normalize(form, "café_1") for form in (files_form, csv_form))
+    rng = np.random.default_rng(0)
+    files = clip_files(tmp_path, on_disk)
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(files["png"])
+    for kind in ("face", "video"):
+        np.save(files[kind], rng.normal(size=DIM).astype(np.float32))
+    write_csv(tmp_path / "labels.csv", [(in_csv, "MW", 0)])
+    dataset = builder(tmp_path).build("all")
+    assert dataset.names == [unicodedata.normalize("NFC", "café_1")]
+    np.testing.assert_allclose(dataset[0]["video_features"][0].numpy(), np.load(files["face"]))

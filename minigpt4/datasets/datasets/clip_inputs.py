@@ -7,7 +7,10 @@ a run writes anything) and again when an item is fetched.  A problem is raised a
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+import unicodedata
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -21,6 +24,33 @@ NUMERIC_KINDS = "fiu"  # numpy dtype kinds a feature vector may hold: float, int
 
 class UnusableFile(ValueError):
     """A clip's file is missing or holds something that cannot be used; the message says what."""
+
+
+def nfc(name: str) -> str:
+    """A clip id or file name in Unicode normal form C, the form ids are compared in."""
+    return unicodedata.normalize("NFC", name)
+
+
+@functools.lru_cache(maxsize=64)
+def _names_by_nfc(folder: str) -> dict[str, str]:
+    # one listing per folder, not one per missing clip
+    return {nfc(name): name for name in os.listdir(folder)}
+
+
+def find_nfc(path: Path) -> Path:
+    """``path``, or the file whose name equals it in normal form C when only that exists.
+
+    An annotation's ``café`` (composed) names the same clip as a folder or file stored
+    decomposed (as macOS writes names), and vice versa.  A path with no such twin comes back
+    as it is, so "missing" messages name the path the user expects.
+    """
+    if path.exists():
+        return path
+    parent = path.parent if path.parent.exists() or path.parent == path else find_nfc(path.parent)
+    if not parent.is_dir():
+        return path
+    name = _names_by_nfc(str(parent)).get(nfc(path.name))
+    return parent / name if name is not None else path
 
 
 def check_image(path: Path) -> None:

@@ -28,7 +28,7 @@ from minigpt4.datasets.datasets.base_dataset import (
     check_unique,
     read_annotation_text,
 )
-from minigpt4.datasets.datasets.clip_inputs import check_image, open_rgb, read_vector
+from minigpt4.datasets.datasets.clip_inputs import check_image, find_nfc, nfc, open_rgb, read_vector
 from minigpt4.datasets.errors import BadClip, DataError
 
 LABELS = ("MW", "NonMW")  # CSV codes, in the order candidate answers are listed
@@ -56,7 +56,7 @@ def read_annotation(path: Path) -> list[HCMWRow]:
                 )
         rows = []
         for record in reader:
-            clip = (record["uuid"] or "").strip().removesuffix(".mp4")
+            clip = nfc((record["uuid"] or "").strip().removesuffix(".mp4"))  # as file names are compared
             fold = (record["test_fold_num"] or "").strip()
             if not clip:
                 raise DataError(f"{path} line {reader.line_num}: empty uuid")
@@ -171,11 +171,11 @@ class HCMWDataset(ClipDataset):
         return {self.answers[code]: len(rows) / (len(counts) * n) for code, n in counts.items()}
 
     def peak_frame(self, clip: str) -> Path:
-        return self.image_root / clip / f"{clip}_peak_frame.png"
+        return find_nfc(self.image_root / clip / f"{clip}_peak_frame.png")
 
     def vector_files(self, clip: str) -> list[Path]:
         dirs = self.vector_dirs + ([self.audio_dir] if self.audio_dir else [])
-        return [folder / f"{clip}.npy" for folder in dirs]
+        return [find_nfc(folder / f"{clip}.npy") for folder in dirs]
 
     def check_row(self, row: HCMWRow) -> list[BadClip]:
         bad = []

@@ -29,6 +29,8 @@ step "3/5 Emotion-LLaMA features of the mind-wandering clips -> $DEMO_DIR/featur
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo.yaml --dataset hcmw_caption
 
 step "4/5 emotion recognition on the MER-format clips -> $DEMO_DIR/emotion_eval"
+echo "(the tiny model's weights are random: accuracy near 0 and garbled answers are expected here;"
+echo " with the released Emotion-LLaMA checkpoint the same command gives real predictions)"
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo_mer.yaml --dataset feature_face_caption,mer2024_caption
 
 step "5/5 k-fold LoRA fine-tuning -> $DEMO_DIR/train"

@@ -23,6 +23,7 @@ from sklearn.metrics import (
 
 logger = logging.getLogger(__name__)
 
+
 def _check_labels(values: Sequence[str], allowed: Sequence[str], what: str) -> np.ndarray:
     array = np.asarray(values, dtype=object)
     unexpected = sorted(set(array.tolist()) - set(allowed))

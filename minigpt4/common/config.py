@@ -3,9 +3,10 @@
 Merge order (later wins): the model's default YAML (picked by ``model.arch`` and
 ``model.model_type``), each named dataset's default YAML, the runner's default ``run``
 section, the user's file, then ``--options a.b=c`` overrides.  The merged config is checked
-against those defaults: an unknown section or key, an unknown registered name, a value of
-the wrong type or a required path that does not exist stops the run with a message that
-names the key, before any weights are read.
+against those defaults: an unknown section or key, a value of the wrong type, a value its
+rule in :mod:`minigpt4.common.config_schema` refuses (a choice, a registered name, a range),
+keys that disagree or required paths that do not exist stop the run with a one-line message
+that names the key, before any weights are read.
 """
 
 from __future__ import annotations

@@ -80,7 +80,9 @@ def test_same_seed_gives_identical_files_and_another_seed_other_data(tiny_assets
 def test_assets_stay_under_out_dir(tiny_assets):
     root = tiny_assets["llama_dir"].parent
     assert all(path.is_relative_to(root) and path.exists() for path in tiny_assets.values())
-    assert sorted(path.name for path in root.iterdir()) == ["hcmw", "llama", "mer", "tokenizer", "weights"]
+    assert sorted(path.name for path in root.iterdir()) == [
+        "hcmw", "hubert", "llama", "mer", "sessions", "tokenizer", "weights"
+    ]
 
 
 # --------------------------------------------------------------------------- hcmw

@@ -21,7 +21,7 @@ import webdataset as wds
 import minigpt4.datasets  # noqa: F401  (registers the builders)
 from minigpt4.common.registry import registry
 from minigpt4.datasets.errors import DataError
-from minigpt4.datasets.shards import pack
+from minigpt4.datasets.shards import hcmw_shards, pack, sources
 from minigpt4.datasets.shards.hcmw_shards import HCMWShardStream
 from minigpt4.datasets.shards.sources import ShardError
 
@@ -153,6 +153,20 @@ def test_a_dump_rank_takes_contiguous_whole_batches(shards):
     ranks = [dataset.rows_of_rank(rank, 2, batch_size=8) for rank in range(2)]
     assert ranks == [list(range(0, 8)), list(range(8, 24))]  # 3 batches: 1 + 2
     assert dataset.rows_of_rank(0, 1, batch_size=8) == list(range(N_CLIPS))
+
+
+def test_a_dump_rank_opens_only_the_shards_holding_its_rows_each_once(shards, monkeypatch):
+    dataset = shard_builder(shards).build("all")
+    opened = []
+
+    def recording(url):
+        opened.append(Path(url).name)
+        return sources.iter_samples(url)
+
+    monkeypatch.setattr(hcmw_shards, "iter_samples", recording)
+    for row in dataset.rows_of_rank(0, 2, batch_size=8):  # clips 0-7: shards 0 and 1
+        dataset[row]
+    assert opened == ["hcmw-000000.tar", "hcmw-000001.tar"]
 
 
 def test_training_streams_the_train_rows_of_the_fold_in_index_order_without_shuffling(shards, tiny_assets):

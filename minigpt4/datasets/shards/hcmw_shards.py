@@ -3,10 +3,11 @@
 :class:`HCMWShardDataset` gives random access by row for the feature dump and validation:
 rows follow the index's clip order; every sample is decoded and checked once when the
 dataset is built, under the same ``on_error`` as the folders (a problem names the shard and
-the key).  Under ``torchrun`` each rank checks only the shards it reads (shard ``i`` belongs
-to rank ``i % world``) and the ranks share what they found, so all agree on the rows.  Items
-are read through a forward cursor: in-order access reads each shard once, without holding
-more than one sample in memory.
+the key).  Under ``torchrun`` each rank checks a share of the shards (shard ``i`` belongs to
+rank ``i % world``) and the ranks share what they found, so all agree on the rows.  Items are
+read through a forward cursor: in-order access reads each shard once, without holding more
+than one sample in memory.  A dump rank takes a contiguous run of whole batches
+(:meth:`HCMWShardDataset.rows_of_rank`), so it opens only the shards holding them.
 
 :class:`HCMWShardStream` streams the train rows of a fold with WebDataset: shards split per
 node and per worker, samples filtered by the fold in their JSON, shuffled through a seeded

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,33 +16,36 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_VARIABLES = ("LLAMA_MODEL", "EVA_VIT_G_CKPT", "EMOTION_LLAMA_CKPT", "HCMW_ROOT")
 
 
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in WEIGHT_VARIABLES}
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def test_eval_without_cfg_path_uses_the_default_config_and_names_what_to_set(tmp_path):
-    """``python eval_emotion.py --dataset hcmw_caption`` on a machine without the weights."""
-    result = run_script("eval_emotion.py", "--dataset", "hcmw_caption", cwd=tmp_path)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stderr
-    assert "config: eval_configs/eval_emotion.yaml (no --cfg-path given)" in lines[0]
-    assert "Traceback" not in result.stderr
-    error = lines[-1]
-    assert error.startswith("error: model.llama_model: path not found: weights/Llama-2-7b-chat-hf")
-    for key in ("model.vit_checkpoint", "model.ckpt", "evaluation_datasets.hcmw_caption.build_info.annotation"):
-        assert f"{key}: path not found" in error
-    assert error.endswith("export LLAMA_MODEL, EVA_VIT_G_CKPT, EMOTION_LLAMA_CKPT, HCMW_ROOT")
-    assert not (tmp_path / "features").exists()  # nothing written
-
-
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_eval_without_cfg_path_uses_the_default_config_and_names_what_to_set(tmp_path, monkeypatch, capsys):
+    """``python eval_emotion.py --dataset hcmw_caption`` on a machine without the weights."""
+    for name in WEIGHT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # the config's relative fallbacks (weights/..., data/hcmw) do not exist here
+    eval_emotion = load_script("eval_emotion")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with pytest.raises(SystemExit) as info:
+            run_cli(lambda: eval_emotion.main(["--dataset", "hcmw_caption"]))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert first_line.endswith("config: eval_configs/eval_emotion.yaml (no --cfg-path given)")
+    error = str(info.value)
+    assert "\n" not in error
+    assert error.startswith("error: model.llama_model: path not found: weights/Llama-2-7b-chat-hf")
+    for key in ("model.vit_checkpoint", "model.ckpt", "evaluation_datasets.hcmw_caption.build_info.annotation"):
+        assert f"{key}: path not found" in error
+    assert error.endswith("export LLAMA_MODEL, EVA_VIT_G_CKPT, EMOTION_LLAMA_CKPT, HCMW_ROOT")
+    assert not (tmp_path / "features").exists()  # nothing written
 
 
 def test_train_config_error_is_one_line_before_anything_loads(monkeypatch):

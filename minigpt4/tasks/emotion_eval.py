@@ -25,6 +25,7 @@ from typing import Sequence
 from minigpt4.common import dist_utils
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.common.registry import registry
+from minigpt4.common.text_table import format_table
 from minigpt4.tasks.base_task import BaseTask
 from minigpt4.tasks.metrics import multiclass_metrics
 
@@ -142,17 +143,9 @@ class EmotionEvalTask(BaseTask):
             [
                 f"emotion eval in {out_dir}: {metrics['n']} clips, {metrics['n_unparsed']} unparsed, "
                 f"{metrics['skipped']} skipped",
-                _table([*SUMMARY_SCORES, UNPARSED], [scores]),
+                format_table([*SUMMARY_SCORES, UNPARSED], [scores], indent="  "),
                 "confusion matrix (rows: target, columns: parsed answer):",
-                _table(["", *metrics["confusion_columns"]], confusion),
+                format_table(["", *metrics["confusion_columns"]], confusion, indent="  "),
             ]
         )
 
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Right-aligned columns, the first left-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  " + "  ".join([row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:]))])
-        for row in [header, *rows]
-    )

@@ -21,6 +21,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from minigpt4.common.text_table import format_table
+
 logger = logging.getLogger(__name__)
 
 
@@ -141,14 +143,7 @@ def format_metrics_table(per_fold: Mapping[str, Mapping[str, Any]], summary: Map
             summary_cells.append(f"{stats['mean']:.4f}±{stats['std']:.4f}")
     rows.append(["mean±std"] + summary_cells)
 
-    header = ["fold"] + columns
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = [
-        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
-        for row in [header] + rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return format_table(["fold"] + columns, rows, rule=True)
 
 
 def multiclass_metrics(

@@ -35,6 +35,50 @@ class MiniGPTOutput:
     token_weight: torch.Tensor  # [M] the class weight of each answer token
 
 
+POOL_SPANS = ("image", "streams", "prompt")
+
+
+@dataclass
+class LlamaStates:
+    """Hidden states kept from one LLM forward (L = requested layers, K = pools)."""
+
+    selected: torch.Tensor  # [B, L, P, H] at the dump positions
+    pooled: torch.Tensor | None  # [B, L, K, H] float32 span means, None without pools
+
+
+def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Layer l (0 <= l < num_layers) is the output of decoder layer l, i.e. Hugging Face's
+    ``hidden_states[l + 1]``; the last one is taken after the final norm (as HF's
+    ``hidden_states[-1]`` is).  Negative l counts from the end: -1 = the final-norm output."""
+    layers = list(layers)
+    bad = [l for l in layers if not -num_layers <= l < num_layers]
+    if bad:
+        raise ValueError(
+            f"model.llama_feature_layers {bad} out of range: the LLM has {num_layers} decoder layers "
+            f"(0..{num_layers - 1}, or -{num_layers}..-1 from the end)"
+        )
+    resolved = [l % num_layers for l in layers]
+    if not resolved or len(set(resolved)) != len(resolved):
+        raise ValueError(f"model.llama_feature_layers must name distinct layers, got {layers} of {num_layers}")
+    return resolved
+
+
+def check_pools(pools: Sequence[str]) -> list[str]:
+    pools = list(pools)
+    bad = [p for p in pools if p not in POOL_SPANS]
+    if bad or len(set(pools)) != len(pools):
+        raise ValueError(f"model.llama_feature_pools must be distinct names from {', '.join(POOL_SPANS)}, got {pools}")
+    return pools
+
+
+def forward_length(positions: Sequence[int], pool_weights: torch.Tensor | None) -> int:
+    """Tokens the LLM must run on: through the last position and the end of every pooled span."""
+    keep = max(positions) + 1
+    if pool_weights is not None:
+        keep = max(keep, int(pool_weights.flatten(0, 1).any(0).nonzero().max()) + 1)
+    return keep
+
+
 def check_positions(positions: Sequence[int], length: int) -> None:
     """Dump positions count from the sequence start (causality makes a prefix enough)."""
     if not positions or any(p < 0 for p in positions):
@@ -151,16 +195,78 @@ class MiniGPTBase(BaseModel):
 
     # ---- features ------------------------------------------------------------------------------
     @torch.no_grad()
-    def llama_hidden_states(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-        """Last hidden states (after the final norm) at ``positions`` -> [B, P, H].
+    def llama_hidden_states(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: Sequence[int],
+        layers: Sequence[int] = (-1,),
+        pool_weights: torch.Tensor | None = None,
+    ) -> LlamaStates:
+        """Hidden states of ``layers`` (see :func:`resolve_layers`) at ``positions``, and the
+        weighted means ``pool_weights`` [B, K, T] of each layer's states, from one forward.
 
         The LLM is causal, so the state at position p depends only on positions 0..p: the
-        decoder runs on the first max(positions) + 1 positions and never computes logits.
+        decoder runs on the first max(positions) + 1 positions (or up to the end of the last
+        pooled span) and never computes logits.  Forward hooks reduce each requested layer's
+        output as it is produced, so memory holds only what is kept, never every layer.
         """
         check_positions(positions, embeds.shape[1])
-        keep = max(positions) + 1
-        hidden = self._decode(embeds[:, :keep], attention_mask[:, :keep]).last_hidden_state
-        return hidden[:, list(positions)]
+        keep = forward_length(positions, pool_weights)
+        if pool_weights is not None:
+            pool_weights = pool_weights[..., :keep].to(embeds.device, torch.float32)
+        decoder = self.causal_lm.model
+        wanted = resolve_layers(layers, len(decoder.layers))
+        last = len(decoder.layers) - 1
+        selected, pooled = {}, {}
+
+        def keep_states(layer: int):
+            def hook(module, args, output):
+                hidden = output[0] if isinstance(output, tuple) else output  # [B, T, H]
+                selected[layer] = hidden[:, list(positions)]
+                if pool_weights is not None:
+                    pooled[layer] = torch.einsum("bkt,bth->bkh", pool_weights, hidden.float())
+
+            return hook
+
+        # The last layer is read after the final norm, as Hugging Face's hidden_states[-1].
+        handles = [
+            (decoder.norm if layer == last else decoder.layers[layer]).register_forward_hook(keep_states(layer))
+            for layer in wanted
+        ]
+        try:
+            self._decode(embeds[:, :keep], attention_mask[:, :keep])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return LlamaStates(
+            selected=torch.stack([selected[l] for l in wanted], dim=1),
+            pooled=torch.stack([pooled[l] for l in wanted], dim=1) if pool_weights is not None else None,
+        )
+
+    def span_weights(self, layout: LayoutBatch, pools: Sequence[str]) -> torch.Tensor:
+        """Averaging weights of each span -> [B, K, T] (rows sum to 1).
+
+        ``image``: the image tokens; ``streams``: the FaceMAE, VideoMAE[, audio] tokens of the
+        feature slot (not its CLS token); ``prompt``: every token before the answer, BOS,
+        text and visual tokens included.
+        """
+        visual_rank = layout.visual_mask.long().cumsum(-1) - 1  # [B, T] order in the visual slots
+        num_image = self.layout.num_image_tokens
+        num_streams = self.layout.num_feature_tokens - 1  # the feature slot ends with CLS
+        is_visual = layout.visual_mask
+        spans = {
+            "image": is_visual & (visual_rank < num_image),
+            "streams": is_visual & (visual_rank >= num_image) & (visual_rank < num_image + num_streams),
+            "prompt": (layout.attention_mask == 1) & (layout.targets == IGNORE_INDEX),
+        }
+        masks = torch.stack([spans[name] for name in check_pools(pools)], dim=1).float()  # [B, K, T]
+        return masks / masks.sum(-1, keepdim=True)
+
+    def feature_forward_length(self, instruction: str, positions: Sequence[int], pools: Sequence[str]) -> int:
+        """How many input tokens the dump's forward covers (a ``prompt`` pool needs all of them)."""
+        layout = self.layout.batch([self.layout.prompt_ids(instruction)], [self.layout.answer_ids("")])
+        return forward_length(positions, self.span_weights(layout, pools) if pools else None)
 
     def feature_layout(self, samples: dict) -> tuple[VisualTokens, LayoutBatch]:
         """Visual tokens and the dump's input: ``[BOS] + wrapped prompt + answer ""``."""

@@ -14,7 +14,7 @@ from minigpt4.common.checkpoint_io import LoadReport, load_checkpoint, unwrap_st
 from minigpt4.common.registry import registry
 from minigpt4.models.base_model import load_llm, load_vision_encoder
 from minigpt4.models.checkpoint_maps import load_released_state, model_to_released
-from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_positions
+from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_pools, check_positions, resolve_layers
 from minigpt4.models.prompt_layout import PromptLayout, ResolvedPosition, check_slot_positions, parse_positions
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ class ClipFeatures:
     facemae_projected: torch.Tensor  # [B, H]
     videomae_projected: torch.Tensor  # [B, H]
     image_projected: torch.Tensor  # [B, N, H]
-    llama_features: torch.Tensor  # [B, P, H]
+    llama_features: torch.Tensor  # [B, P, H] for one layer, [B, L, P, H] for several
+    llama_pooled_features: torch.Tensor | None = None  # [B, L, K, H] span means; None without pools
     audio_projected: torch.Tensor | None = None  # [B, H] feats_llama_proj3 of the audio vector; None below 3 streams
 
 
@@ -69,6 +70,8 @@ class MiniGPTv2(MiniGPTBase):
         max_context_len: int = 3800,
         legacy_generate_context: bool = False,
         llama_feature_positions: Sequence[int | str] = ("image:2", "image:3", "image:4", "image:5"),
+        llama_feature_layers: Sequence[int] = (-1,),
+        llama_feature_pools: Sequence[str] = (),
         trust_checkpoint: bool = False,
     ):
         super().__init__()
@@ -97,6 +100,9 @@ class MiniGPTv2(MiniGPTBase):
             lora_target_modules, llm_grad_checkpoint,
         )
         hidden = self.llama_model.config.hidden_size
+        resolve_layers(llama_feature_layers, self.llama_model.config.num_hidden_layers)  # fail at build
+        self.llama_feature_layers = list(llama_feature_layers)
+        self.llama_feature_pools = check_pools(llama_feature_pools)
         width = self.visual_encoder.num_features
 
         self.llama_proj = nn.Linear(width * image_token_merge, hidden)
@@ -148,26 +154,44 @@ class MiniGPTv2(MiniGPTBase):
         return VisualTokens(image=image_tokens, streams=streams, cls=cls_token)
 
     @torch.no_grad()
-    def extract_features(self, samples: dict, positions: Sequence[int | str] | None = None, full_sequence: bool = False) -> ClipFeatures:
-        """The four feature kinds of SPEC section 7 for a batch.
+    def extract_features(
+        self,
+        samples: dict,
+        positions: Sequence[int | str] | None = None,
+        full_sequence: bool = False,
+        layers: Sequence[int] | None = None,
+        pools: Sequence[str] | None = None,
+    ) -> ClipFeatures:
+        """The feature kinds of SPEC section 7 for a batch.
 
-        ``full_sequence=True`` runs the LLM over the whole input (the reference path kept for
-        tests and benchmarks); by default only the prefix the positions need is computed.
+        ``layers`` and ``pools`` default to ``model.llama_feature_layers`` / ``_pools``; all
+        come from one LLM forward.  ``full_sequence=True`` runs the LLM over the whole input
+        and reads Hugging Face's ``hidden_states`` (the reference path kept for tests and
+        benchmarks); by default only the prefix the positions and pools need is computed.
         """
         positions = self.batch_feature_positions(samples["instruction_input"], positions)
+        layers = list(layers if layers is not None else self.llama_feature_layers)
+        pools = list(pools if pools is not None else self.llama_feature_pools)
         visual, layout = self.feature_layout(samples)
         embeds = self.embed_layout(layout, visual.sequence())
         mask = layout.attention_mask.to(self.device)
+        weights = self.span_weights(layout, pools).to(self.device) if pools else None
         if full_sequence:
             check_positions(positions, embeds.shape[1])
-            hidden = self._decode(embeds, mask).last_hidden_state[:, positions]
+            states = self._decode(embeds, mask, output_hidden_states=True).hidden_states
+            # Layer l is hidden_states[l + 1]; hidden_states[-1] is after the final norm.
+            per_layer = [states[l + 1] for l in resolve_layers(layers, len(states) - 1)]  # L x [B, T, H]
+            hidden = torch.stack([h[:, positions] for h in per_layer], dim=1)
+            pooled = torch.stack([weights @ h.float() for h in per_layer], dim=1) if pools else None
         else:
-            hidden = self.llama_hidden_states(embeds, mask, positions)
+            states = self.llama_hidden_states(embeds, mask, positions, layers, weights)
+            hidden, pooled = states.selected, states.pooled
         return ClipFeatures(
             facemae_projected=visual.streams[:, 0],
             videomae_projected=visual.streams[:, 1],
             image_projected=visual.image,
-            llama_features=hidden,
+            llama_features=hidden[:, 0] if len(layers) == 1 else hidden,  # one layer: the files as before
+            llama_pooled_features=pooled,
             audio_projected=visual.streams[:, 2] if self.num_video_streams >= 3 else None,
         )
 
@@ -216,10 +240,10 @@ class MiniGPTv2(MiniGPTBase):
             "image_token_merge", "video_feature_dim", "num_video_streams", "pad_token", "low_resource", "precision",
             "llm_grad_checkpoint", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "chat_template",
             "prompt_template", "end_sym", "max_txt_len", "max_context_len", "legacy_generate_context",
-            "llama_feature_positions", "trust_checkpoint",
+            "llama_feature_positions", "llama_feature_layers", "llama_feature_pools", "trust_checkpoint",
         )
         kwargs = {key: cfg[key] for key in keys if key in cfg}
-        for key in ("lora_target_modules", "llama_feature_positions"):
+        for key in ("lora_target_modules", "llama_feature_positions", "llama_feature_layers", "llama_feature_pools"):
             if key in kwargs:
                 kwargs[key] = list(kwargs[key])
         model = cls(llama_model=cfg["llama_model"], **kwargs)

@@ -26,6 +26,7 @@ FEATURE_KINDS = {
     "videomae_projected_features": "videomae_projected",
     "image_projected_features": "image_projected",
     "llama_features": "llama_features",
+    "llama_pooled_features": "llama_pooled_features",  # only with model.llama_feature_pools
     "audio_projected_features": "audio_projected",  # only with model.num_video_streams: 3
 }
 
@@ -43,13 +44,17 @@ class FeatureDumpTask(BaseTask):
         # names resolved against this dataset's instruction: a bad one stops here, before any output
         resolved = model.feature_positions(instruction)
         positions = [p.index for p in resolved]
+        layers, pools = list(model.llama_feature_layers), list(model.llama_feature_pools)
         hidden = model.llama_model.config.hidden_size
         row_shapes = {
             "facemae_projected_features": (hidden,),
             "videomae_projected_features": (hidden,),
             "image_projected_features": (model.layout.num_image_tokens, hidden),
-            "llama_features": (len(positions), hidden),
+            # one layer keeps the (N, P, H) files of earlier dumps
+            "llama_features": (len(positions), hidden) if len(layers) == 1 else (len(layers), len(positions), hidden),
         }
+        if pools:
+            row_shapes["llama_pooled_features"] = (len(layers), len(pools), hidden)
         if model.num_video_streams >= 3:
             row_shapes["audio_projected_features"] = (hidden,)
         manifest = {
@@ -61,6 +66,9 @@ class FeatureDumpTask(BaseTask):
             },
             "weights": _weights_used(model_cfg),
             "llama_feature_positions": [{"name": p.name, "index": p.index, "token": p.token} for p in resolved],
+            "llama_feature_layers": layers,
+            "llama_feature_pools": pools,
+            "llama_forward_tokens": model.feature_forward_length(instruction, positions, pools),
             "instruction": instruction,
             "skipped": len({bad.clip for bad in getattr(dataset, "skipped", [])}),  # clips, not problems
         }
@@ -92,6 +100,8 @@ class FeatureDumpTask(BaseTask):
             lines.append(f"  {entry['path']:<40} {tuple(entry['shape'])}")
         positions = ", ".join(f"{p['name']}={p['index']} {p['token']}" for p in manifest["llama_feature_positions"])
         lines.append(f"  llama positions: {positions}")
+        lines.append(f"  llama layers: {manifest['llama_feature_layers']}; pools: {manifest['llama_feature_pools'] or 'none'}")
+        lines.append(f"  llama forward: the first {manifest['llama_forward_tokens']} tokens of every input")
         if manifest.get("skipped"):
             lines.append(f"  skipped {manifest['skipped']} clips (see skipped.tsv)")
         return "\n".join(lines)

@@ -36,4 +36,7 @@ echo " with the released Emotion-LLaMA checkpoint the same command gives real pr
 step "5/5 k-fold LoRA fine-tuning -> $DEMO_DIR/train"
 "$PYTHON" train.py --cfg-path train_configs/demo.yaml --options run.overwrite=true
 
+step "5/5 (MER) instruction tuning on the MER-format clips, validated on held-out clips -> $DEMO_DIR/train_mer"
+"$PYTHON" train.py --cfg-path train_configs/demo_mer.yaml --options run.overwrite=true
+
 printf '\ndemo finished: outputs under %s\n' "$DEMO_DIR"

@@ -240,8 +240,8 @@ def test_annotation_line_with_too_few_fields(mer):
 
 
 def test_no_folds_and_known_splits_only(mer):
-    with pytest.raises(ValueError, match="feature_face_caption has no folds"):
-        builder(mer).build("eval", 0)
+    with pytest.raises(ValueError, match="feature_face_caption has one train/validation split, fold 0; got fold 1"):
+        builder(mer).build("eval", 1)
     with pytest.raises(ValueError, match="unknown split 'test'; splits: train, eval, all"):
         builder(mer).build("test")
 

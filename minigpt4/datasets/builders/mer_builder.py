@@ -13,9 +13,14 @@ class MERBuilder(BaseDatasetBuilder):
     EVAL_TASK = "emotion_eval"  # what eval_emotion.py does with these datasets
 
     def build(self, split: str, fold: int | None = None) -> MERDataset:
-        """Every clip of the annotation; ``split`` only picks the image processor."""
-        if fold not in (None, -1):
-            raise ValueError(f"{self.name} has no folds; got fold {fold}")
+        """One side of the train/validation split (``train``, ``eval``) with ``fold`` 0, else every clip.
+
+        MER sets have one split and no folds: ``train.py`` names it fold 0 (``run.folds: [0]``).
+        Without a fold (``eval_emotion.py``) every clip is read and ``split`` only picks the
+        image processor.
+        """
+        if fold not in (None, -1, 0):
+            raise ValueError(f"{self.name} has one train/validation split, fold 0; got fold {fold}")
         cfg, info = self.config, self.config.build_info
         return MERDataset(
             self.vis_processor(split),
@@ -30,6 +35,10 @@ class MERBuilder(BaseDatasetBuilder):
             labels=list(cfg.labels),
             question=cfg.question,
             on_error=cfg.on_error,
+            split=split if fold == 0 else "all",
+            split_file=cfg.split.file,
+            eval_share=cfg.split.eval_share,
+            split_seed=cfg.split.seed,
         )
 
 

@@ -4,6 +4,10 @@ The annotation is a text file with one clip per line, ``<name> <n_frames> <emoti
 Per clip: the first frame of ``<video_root>/<name>.mp4`` (or ``.avi``) is the image, three
 vectors ``<feature_root>/<dir>/<name>.npy`` (FaceMAE, VideoMAE, audio) are the feature
 streams, and the transcript CSV gives what the person says, quoted in the instruction.
+
+For fine-tuning with ``train.py`` the clips are split once into training and validation
+clips, by a split file or a seeded held-out share (:func:`held_out_clips`); evaluation
+with ``eval_emotion.py`` reads every clip.
 """
 
 from __future__ import annotations
@@ -31,6 +35,28 @@ TRANSCRIPT_LINE = "The person in video says: {sentence}. "
 TASK = "emotion"
 SENTENCE_COLUMNS = ("sentence", "sentence_en")  # the first one the transcript has is used
 VIDEO_SUFFIXES = (".mp4", ".avi")  # tried in this order
+
+
+def held_out_clips(clips: Sequence[str], split_file: str | Path, eval_share: float, seed: int) -> set[str]:
+    """The validation clips: the names listed in ``split_file`` (one per line), or else
+    ``round(eval_share * len(clips))`` of them drawn with ``seed``.
+
+    The draw sorts the names first, so it depends on the set of clips and the seed only,
+    not on the annotation's line order.
+    """
+    if split_file:
+        path = Path(split_file).expanduser()
+        listed = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        unknown = sorted(listed - set(clips))
+        if unknown:
+            raise DataError(f"{path}: clip(s) not in the annotation: {', '.join(unknown[:20])}")
+        return listed
+    if not 0.0 <= eval_share < 1.0:
+        raise DataError(f"eval_share must be in [0, 1), got {eval_share}")
+    count = round(eval_share * len(clips))
+    order = np.random.default_rng(seed).permutation(len(clips))
+    ordered = sorted(clips)
+    return {ordered[i] for i in order[:count]}
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,8 @@ def read_transcript(path: Path) -> dict[str, str]:
 
 
 class MERDataset(ClipDataset):
-    """Every clip of the annotation.
+    """The clips of ``split``: ``all`` of them, or the ``train`` / ``eval`` side of the
+    held-out split (``split_file``, or ``eval_share`` drawn with ``split_seed``).
 
     Items: ``image`` [3, S, S], ``video_features`` float32 [3, D] (FaceMAE, VideoMAE, audio),
     ``instruction_input``, ``answer`` = ``label`` = the emotion, ``class_weight`` 1.0 (the
@@ -89,6 +116,10 @@ class MERDataset(ClipDataset):
         labels: Sequence[str],
         question: str,
         on_error: str = "raise",
+        split: str = "all",
+        split_file: str | Path = "",
+        eval_share: float = 0.0,
+        split_seed: int = 0,
     ):
         super().__init__(vis_processor, annotation, on_error)
         self.video_root = Path(video_root).expanduser()
@@ -102,7 +133,15 @@ class MERDataset(ClipDataset):
 
         self.sentences = read_transcript(self.transcript)
         self.rows = read_annotation(self.annotation)
-        self._drop_bad_rows()
+        if split != "all":
+            held_out = held_out_clips([row.clip for row in self.rows], split_file, eval_share, split_seed)
+            self.rows = [row for row in self.rows if (row.clip in held_out) == (split == "eval")]
+            if not self.rows:
+                raise DataError(
+                    f"{self.annotation}: no {split} clips; list validation clips in split_file or set eval_share "
+                    "so that both sides of the split hold clips"
+                )
+        self._drop_bad_rows()  # only the clips of this split are checked
         if not self.rows:
             raise DataError(f"{self.annotation}: no usable clips")
 

@@ -71,7 +71,8 @@ def read_annotation(path: Path) -> list[HCMWRow]:
 
 
 class HCMWDataset(ClipDataset):
-    """The rows of one split: ``train`` / ``eval`` of fold ``fold``, or ``all`` rows (fold -1).
+    """Every usable row of the annotation (split ``all``); :meth:`select` gives the ``train`` /
+    ``eval`` rows of a fold without checking the files again.
 
     Items: ``image`` [3, S, S], ``video_features`` float32 [3, D] (FaceMAE, VideoMAE, audio
     or zeros when ``audio_dir`` is empty), ``instruction_input``, ``answer`` and ``label``
@@ -94,8 +95,6 @@ class HCMWDataset(ClipDataset):
         instruction: str,
         answers: Mapping[str, str],
         positive_label: str,
-        split: str = "all",
-        fold: int = NO_FOLD,
         on_error: str = "raise",
     ):
         super().__init__(vis_processor, annotation, on_error)
@@ -115,7 +114,7 @@ class HCMWDataset(ClipDataset):
         self.rows = self._read_rows()
         self._drop_bad_rows()
         self.split = "all"
-        self._take(split, fold)
+        self._take("all", NO_FOLD)
 
     def _read_rows(self) -> list[HCMWRow]:
         """Every row of the annotation, before any file is checked."""

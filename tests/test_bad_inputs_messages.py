@@ -26,3 +26,16 @@ def test_demo_says_its_mer_stage_runs_on_random_weights():
     demo = (ROOT / "scripts" / "demo.sh").read_text(encoding="utf-8")
     mer_step = demo[demo.index("emotion recognition on the MER-format clips") :]
     assert "weights are random" in mer_step.split("step ")[0]
+
+
+def test_one_table_formatter_for_every_command():
+    from minigpt4.common.text_table import format_table
+    from minigpt4.tasks import emotion_eval, metrics
+
+    assert format_table(["fold", "auc"], [["0", "0.5"], ["mean", "0.75"]], rule=True) == (
+        "fold   auc\n----  ----\n0      0.5\nmean  0.75"
+    )
+    assert format_table(["", "happy"], [["sad", "3"]], indent="  ") == "       happy\n  sad      3"
+    # the metrics table and the emotion summary print through it, not through copies of it
+    assert metrics.format_table is format_table and emotion_eval.format_table is format_table
+    assert not hasattr(emotion_eval, "_table")

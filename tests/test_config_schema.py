@@ -119,6 +119,7 @@ def test_keys_that_pick_the_defaults_refuse_a_wrong_type_naming_the_key(tmp_path
         ("runner_base", "model.num_video_streams=4", "model.num_video_streams: 4 is not one of 2, 3"),
         ("runner_base", "model.llama_feature_positions=[6,1.5]", "model.llama_feature_positions: every element must be int or str"),
         ("runner_base", "model.lora_target_modules=[q_proj,1]", "model.lora_target_modules: every element must be str, got int 1"),
+        ("runner_base", "model.llama_feature_pools=[image,cls]", "model.llama_feature_pools: 'cls' is not one of image, streams, prompt"),
         ("runner_base", "model.lora_dropout=1.5", "model.lora_dropout: must be at most 1.0"),
         ("runner_base", "run.folds=[0,one]", "run.folds: every element must be int, got str 'one'"),
         ("runner_base", "run.device=gpu", "run.device: 'gpu' does not have the form cpu|cuda(:\\d+)?"),
@@ -203,8 +204,10 @@ def test_schema_choices_are_the_ones_the_code_accepts():
     from minigpt4.datasets.datasets.base_dataset import ON_ERROR_CHOICES
     from minigpt4.features.writer import DTYPES, LAYOUTS
     from minigpt4.models.base_model import PRECISIONS
+    from minigpt4.models.minigpt_base import POOL_SPANS
 
     assert set(rule_for("model.precision").choices) == set(PRECISIONS)
+    assert set(rule_for("model.llama_feature_pools").choices) == set(POOL_SPANS)
     assert set(rule_for("run.feature_dtype").choices) == set(DTYPES)
     assert set(rule_for("run.feature_layout").choices) == set(LAYOUTS)
     assert set(rule_for("evaluation_datasets.x.on_error").choices) == set(ON_ERROR_CHOICES)

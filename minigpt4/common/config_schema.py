@@ -60,8 +60,11 @@ class Rule:
         allowed = self.allowed(root, parent)
         if allowed:
             fold = (lambda v: str(v).lower()) if self.ignore_case else (lambda v: v)
-            if fold(value) not in {fold(choice) for choice in allowed}:
-                return f"{value!r} is not one of {', '.join(map(str, allowed))}"
+            choices = {fold(choice) for choice in allowed}
+            # a list key's choices are those of its elements
+            for item in value if isinstance(value, list) else [value]:
+                if fold(item) not in choices:
+                    return f"{item!r} is not one of {', '.join(map(str, allowed))}"
         if self.pattern and not re.fullmatch(self.pattern, str(value)):
             return f"{value!r} does not have the form {self.pattern}"
         if self.minimum is not None and value < self.minimum:
@@ -129,6 +132,7 @@ RULES: dict[str, Rule] = {
     "model.max_context_len": Rule(minimum=POSITIVE),
     # ints are positions; names such as image:2 or cls are read by the model
     "model.llama_feature_positions": Rule(items=(int, str)),
+    "model.llama_feature_pools": Rule(items=(str,), choices=("image", "streams", "prompt")),
     # run
     "run.runner": Rule(registered="runner"),
     "run.task": Rule(registered="task"),

@@ -136,11 +136,9 @@ def load_eva_checkpoint(
         )
     report = apply_state_dict(model, tensors, what)
     report.unexpected.extend(unused)  # the filter kept them out of apply_state_dict
-    logger.info("%s: %s", what, report.describe())
-    if dropped_blocks:
-        logger.info(
-            "%s: blocks %s lie beyond the encoder's %d blocks and are not used", what, dropped_blocks, depth
-        )
+    # one line per file; the released 40th block is expected, so it is no warning
+    beyond = f"; blocks {dropped_blocks} ({len(unused) - len(foreign)} tensors) lie beyond the encoder's {depth} blocks, not used"
+    logger.info("%s: loaded %d tensors%s", what, len(report.loaded), beyond if dropped_blocks else "")
     if foreign:
         logger.warning("%s: skipped tensors the encoder has no place for: %s", what, ", ".join(foreign))
     return report

@@ -1,0 +1,62 @@
+"""Labels and folds of a dump's rows, read from the hcmw annotation and checked against
+``names.txt``: every dumped clip needs a label and a fold, every annotated clip a row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from minigpt4.datasets.datasets.hcmw_dataset import LABELS, read_annotation
+
+MW = LABELS[0]  # the positive class
+SHOWN = 20  # clips listed one by one in an error; the rest are counted
+
+
+class ProbeInputError(ValueError):
+    """The dump and the annotation cannot be probed together; the message lists why."""
+
+
+@dataclass
+class RowLabels:
+    """Per dump row (``names.txt`` order): 1 = MW, 0 = NonMW, and the clip's test fold."""
+
+    y: np.ndarray  # [N] int
+    folds: np.ndarray  # [N] int
+
+
+def _listed(clips: Sequence[str]) -> str:
+    shown = ", ".join(clips[:SHOWN])
+    return shown + (f" ... and {len(clips) - SHOWN} more" if len(clips) > SHOWN else "")
+
+
+def align_labels(names: Sequence[str], annotation: str | Path, dump_dir: Path, left_out: Sequence[str] = ()) -> RowLabels:
+    """The labels of ``names``; ``left_out`` are annotated clips the dump skipped on purpose
+    (its ``skipped.tsv``), so their absence is not an error."""
+    annotation = Path(annotation)
+    if not annotation.is_file():
+        raise ProbeInputError(f"probe.annotation: file not found: {annotation}")
+    rows = {row.clip: row for row in read_annotation(annotation)}
+    problems = []
+    missing = [clip for clip in rows if clip not in set(names) and clip not in set(left_out)]
+    if missing:
+        problems.append(f"{len(missing)} annotated clip(s) have no row in {dump_dir / 'names.txt'}: {_listed(missing)}")
+    extra = [name for name in names if name not in rows]
+    if extra:
+        problems.append(f"{len(extra)} dumped clip(s) are not in {annotation}: {_listed(extra)}")
+    no_fold = [name for name in names if name in rows and rows[name].fold < 0]
+    if no_fold:
+        problems.append(f"{len(no_fold)} clip(s) have no test fold (negative test_fold_num) in {annotation}: {_listed(no_fold)}")
+    bad_label = [f"{name} ({rows[name].label!r})" for name in names if name in rows and rows[name].label not in LABELS]
+    if bad_label:
+        problems.append(f"{len(bad_label)} clip(s) have an mw_label other than {' / '.join(LABELS)}: {_listed(bad_label)}")
+    if problems:
+        raise ProbeInputError(
+            f"the dump {dump_dir} and the annotation {annotation} disagree:\n  " + "\n  ".join(problems)
+            + "\nProbe a dump made from this annotation (eval_emotion.py --dataset hcmw_caption with fold: -1)."
+        )
+    y = np.array([rows[name].label == MW for name in names], dtype=np.int64)
+    folds = np.array([rows[name].fold for name in names], dtype=np.int64)
+    return RowLabels(y=y, folds=folds)

@@ -1,0 +1,59 @@
+"""Held-out metrics of one fold, and their mean +- sd over folds.
+
+MW is the positive class.  A fold whose held-out rows hold one class has no ROC or PR
+curve: its AUCs are ``None`` (reported, never computed) and the fold is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterable, Mapping
+
+import numpy as np
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+METRICS = ("balanced_accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+CURVE_METRICS = ("roc_auc", "pr_auc")
+
+
+def fold_metrics(y_true: np.ndarray, y_pred: np.ndarray, mw_score: np.ndarray) -> dict[str, float | None]:
+    """``y_true``/``y_pred`` in {0, 1} (1 = MW), ``mw_score`` ranks clips by MW-ness.
+
+    Precision/recall/F1 are those of the MW class (0 where undefined, as scikit-learn's
+    ``zero_division=0``); PR AUC is the average precision (step-wise area under the PR curve).
+    """
+    with warnings.catch_warnings():  # one class held out: balanced accuracy warns, and is still defined
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(y_true, y_pred)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=[1], average=None, zero_division=0
+    )
+    both_classes = len(np.unique(y_true)) == 2
+    return {
+        "balanced_accuracy": float(balanced),
+        "precision": float(precision[0]),
+        "recall": float(recall[0]),
+        "f1": float(f1[0]),
+        "roc_auc": float(roc_auc_score(y_true, mw_score)) if both_classes else None,
+        "pr_auc": float(average_precision_score(y_true, mw_score)) if both_classes else None,
+    }
+
+
+def mean_sd(values: Iterable[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample sd (ddof 1; 0 for one value) of the values that exist."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return None, None
+    sd = float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
+    return float(np.mean(kept)), sd
+
+
+def summarise(folds: Iterable[Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """Per metric: ``{"mean": ..., "sd": ...}`` over folds."""
+    folds = list(folds)
+    summary = {}
+    for metric in METRICS:
+        mean, sd = mean_sd(fold[metric] for fold in folds)
+        summary[metric] = {"mean": mean, "sd": sd}
+    return summary

@@ -1,0 +1,95 @@
+"""The probe end to end: check the inputs, then every feature set, one at a time, through
+every held-out fold (true labels and the permuted ones), then the report and plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from minigpt4.probe.config import ProbeConfig
+from minigpt4.probe.dump import Dump
+from minigpt4.probe.feature_sets import FeatureSet, enumerate_sets, load_set
+from minigpt4.probe.fitting import FoldFit, fit_held_out_fold, permuted_labels
+from minigpt4.probe.labels import ProbeInputError, RowLabels, align_labels
+from minigpt4.probe.metrics import METRICS, mean_sd, summarise
+
+
+@dataclass
+class SetResult:
+    feature_set: FeatureSet
+    dim: int
+    folds: list[FoldFit]  # the true labels, one per held-out fold
+    chance: list[list[FoldFit]]  # per permutation, one per held-out fold
+    out_of_fold: np.ndarray  # [N] P(MW) of every row from the fold that held it out (nan: not scored)
+    summary: dict = field(init=False)  # metric -> {"mean", "sd"} over folds
+    chance_summary: dict = field(init=False)  # metric -> {"mean", "sd"} over permutations of the fold means
+
+    def __post_init__(self):
+        self.summary = summarise(f.metrics for f in self.folds if f.metrics)
+        per_permutation = [summarise(f.metrics for f in folds if f.metrics) for folds in self.chance]
+        self.chance_summary = {}
+        for metric in METRICS:
+            mean, sd = mean_sd(p[metric]["mean"] for p in per_permutation)
+            self.chance_summary[metric] = {"mean": mean, "sd": sd}
+
+
+@dataclass
+class ProbeResult:
+    cfg: ProbeConfig
+    dump: Dump
+    labels: RowLabels
+    left_out: list[str]
+    sets: list[SetResult]
+
+
+def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureSet]]:
+    """Everything that can be wrong with the inputs is found here, before any output exists."""
+    dump = Dump(cfg.dump_dir)
+    left_out = dump.left_out()
+    labels = align_labels(dump.names, cfg.annotation, dump.folder, left_out)
+    if len(np.unique(labels.folds)) < 2:
+        raise ProbeInputError(f"{cfg.annotation}: the dumped clips span one test fold; a held-out probe needs two or more")
+    sets = enumerate_sets(dump, cfg.kinds, cfg.concatenations)
+    if not sets:
+        raise ProbeInputError(f"{dump.folder}: none of probe.kinds {cfg.kinds} is in the dump ({', '.join(dump.kinds)})")
+    return dump, labels, left_out, sets
+
+
+def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
+    dump, labels, left_out, sets = prepare(cfg)
+    y, folds = labels.y, labels.folds
+    labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(cfg.permutations)])
+    every = {s.name: s for s in sets}
+    results = []
+    with Parallel(n_jobs=cfg.n_jobs) as parallel:
+        for feature_set in tqdm(sets, desc="feature sets", unit="set", disable=not progress):
+            X = load_set(dump, feature_set, every)  # the only feature matrix held at a time
+            per_fold = parallel(
+                delayed(fit_held_out_fold)(X, labellings, y, folds, fold, cfg) for fold in np.unique(folds)
+            )
+            dim = X.shape[1]
+            del X
+            out_of_fold = np.full(len(y), np.nan)
+            for fold, fits in zip(np.unique(folds), per_fold):
+                if fits[0].mw_score is not None:
+                    out_of_fold[folds == fold] = fits[0].mw_score
+            results.append(
+                SetResult(
+                    feature_set=feature_set,
+                    dim=dim,
+                    folds=[fits[0] for fits in per_fold],
+                    chance=[[fits[p] for fits in per_fold] for p in range(1, len(labellings))],
+                    out_of_fold=out_of_fold,
+                )
+            )
+    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results)
+
+
+def ranked(result: ProbeResult) -> list[SetResult]:
+    """Best first by ``probe.metric``; sets without a value last."""
+    metric = result.cfg.metric
+    return sorted(result.sets, key=lambda s: (s.summary[metric]["mean"] is None, -(s.summary[metric]["mean"] or 0.0)))
+

@@ -30,10 +30,12 @@ DIM = 8
 @pytest.fixture
 def demo_paths(tmp_path, monkeypatch) -> Path:
     """What the demo configs' paths point at, as empty stand-ins (only their existence is checked)."""
-    for folder in ("llama", "weights", "hcmw/images", "features"):
+    for folder in ("llama", "weights", "hcmw/images", "features", "mer/videos"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "weights" / "eva_vit_tiny.pth").touch()
     (tmp_path / "hcmw" / "annotations.csv").write_text("uuid,mw_label,test_fold_num\n")
+    (tmp_path / "mer" / "annotation.txt").touch()
+    (tmp_path / "mer" / "transcription.csv").write_text("name,sentence\n")
     monkeypatch.setenv("TINY_ASSETS", str(tmp_path))
     monkeypatch.setenv("DEMO_FEATURES", str(tmp_path / "features"))
     return tmp_path
@@ -59,6 +61,13 @@ def test_three_streams_without_an_audio_dir_is_a_config_error_naming_it(demo_pat
         load(kind, f"{section}.build_info.audio_dir=")
     # two streams never read the third row: an empty audio_dir (zeros) is allowed there
     load(kind, f"{section}.build_info.audio_dir=", "model.num_video_streams=2")
+
+
+def test_mer_datasets_take_the_same_rule(demo_paths):
+    path = ROOT / "eval_configs" / "demo_mer.yaml"
+    key = "evaluation_datasets.mer2024_caption.build_info.audio_dir"
+    with pytest.raises(ConfigError, match=rf"^{key}: empty, but model\.num_video_streams is 3"):
+        Config(Namespace(cfg_path=str(path), options=["model.num_video_streams=3", f"{key}="]), "runner_eval")
 
 
 def _hcmw(root: Path, with_audio: list[str]) -> dict:

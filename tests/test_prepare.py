@@ -19,20 +19,11 @@ from minigpt4.prepare.align import face_template, similarity_transform
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.cut import SegmentError
 from minigpt4.prepare.detect import MTCNNDetector
-from minigpt4.prepare.run import prepare
+from minigpt4.prepare.run import prepare, torch_threads
 
 HEIGHT, WIDTH = 128, 160
 FPS = 25
 CROP = 112  # align.size in these tests: small and fast; the demo config uses 224
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The frames here are tiny: one thread beats two, by far when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,8 @@ def moving_face(sessions, t: int, **look):
 def config(tmp_path: Path, videos: Path, **settings):
     """A prepare config for ``videos`` writing to tmp_path/out; settings as dotted keys."""
     options = [f"input.videos={videos}", f"output={tmp_path / 'out'}", "progress=false", f"align.size={CROP}"]
-    options += ["detector.min_face_size=30", "detector.batch_size=8"]
+    # one thread: the frames are tiny, and one beats two by far when other jobs share the cores
+    options += ["detector.min_face_size=30", "detector.batch_size=8", "threads=1"]
     options += [f"{key.replace('__', '.')}={value}" for key, value in settings.items()]
     return load_prepare_config(None, options)
 
@@ -137,7 +129,9 @@ def test_interpolated_frames_follow_the_hidden_path(moving_clip, sessions):
 def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_path):
     folder, _ = moving_clip
     cfg = config(folder, folder / "videos", track__max_gap=3)
+    threads = torch.get_num_threads()
     again = prepare(cfg)
+    assert torch.get_num_threads() == threads  # `threads: 1` held for the run only
     assert (again.prepared, again.already_present) == (0, 1)
     (folder / "out" / "tracks" / "walk.json").unlink()  # as if killed before the report
     redone = prepare(cfg)
@@ -146,11 +140,13 @@ def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_pa
 
 
 def test_mtcnn_finds_the_drawn_face_and_its_landmarks(sessions):
-    face = sessions.DrawnFace(cy=140.0, cx=200.0, r=40.0)
-    frame = sessions.render_frame(270, 480, [face])
+    face = sessions.DrawnFace(cy=100.0, cx=170.0, r=36.0)
+    frame = sessions.render_frame(200, 300, [face])
     truth = sessions.face_landmarks(face)
-    for max_side in (None, 240):  # full size, and shrunk for detection (landmarks in frame pixels)
-        (found,) = MTCNNDetector(min_face_size=20, min_score=0.9, max_side=max_side, device="cpu").detect(frame[None])
+    for max_side in (None, 150):  # full size, and shrunk for detection (landmarks in frame pixels)
+        detector = MTCNNDetector(min_face_size=20, min_score=0.9, max_side=max_side, device="cpu")
+        with torch_threads(1):
+            (found,) = detector.detect(frame[None])
         assert len(found) == 1 and found.scores[0] > 0.9
         assert np.abs(found.landmarks[0] - truth).max() < 0.15 * face.r
         x1, y1, x2, y2 = found.boxes[0]

@@ -111,6 +111,7 @@ class PrepareConfig:
     peak: PeakConfig = field(default_factory=PeakConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     skip_bad: bool = False  # list unusable clips in skipped.tsv instead of stopping
+    threads: Optional[int] = None  # torch CPU threads for detection and alignment; null: torch's setting
     progress: bool = True
 
 
@@ -139,6 +140,7 @@ def _check_ranges(cfg: PrepareConfig) -> None:
         "detector.max_side": cfg.detector.max_side is None or cfg.detector.max_side >= 32,
         "detector.detect_every": cfg.detector.detect_every >= 1,
         "detector.batch_size": cfg.detector.batch_size >= 1,
+        "threads": cfg.threads is None or cfg.threads >= 1,
         "track.iou_threshold": 0 < cfg.track.iou_threshold <= 1,
         "track.max_gap": cfg.track.max_gap >= 0,
         "track.min_coverage": 0 <= cfg.track.min_coverage <= 1,

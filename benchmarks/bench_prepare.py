@@ -1,0 +1,145 @@
+"""Frames per second of the prepare step: decode, detect, align, write, and end to end.
+
+A generated 640x360 video (a drawn face moving across the frame, scripts/tiny_sessions.py)
+goes through the stages one at a time and then through the whole job (``prepare``) with
+detection on every frame and on every k-th frame (the track interpolated between):
+
+    python benchmarks/bench_prepare.py                       # CPU, torch's thread setting
+    python benchmarks/bench_prepare.py --threads 1 2         # one row per thread count
+    python benchmarks/bench_prepare.py --device cuda         # detector on a GPU
+
+"decoded fps" counts every frame decoded (the video's frame rate is what the end-to-end job
+must keep up with), "detected fps" the frames the detector ran on; the end-to-end row counts
+written aligned faces per second of wall time, model loading included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minigpt4.prepare.align import align_faces
+from minigpt4.prepare.config import load_prepare_config
+from minigpt4.prepare.decode import VideoSource
+from minigpt4.prepare.detect import MTCNNDetector
+from minigpt4.prepare.run import prepare
+from minigpt4.prepare.write import ClipOutput, PreparedLayout
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tiny_sessions():
+    spec = importlib.util.spec_from_file_location("tiny_sessions", REPO_ROOT / "scripts" / "tiny_sessions.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_test_video(path: Path, frames: int, height: int, width: int, fps: int) -> None:
+    """A face of about 1/4 the frame height walking across the frame and back."""
+    sessions = load_tiny_sessions()
+    rng = np.random.default_rng(0)
+    images = []
+    for t in range(frames):
+        phase = 2 * np.pi * t / frames
+        face = sessions.DrawnFace(
+            cy=height * (0.5 + 0.05 * np.sin(2 * phase)), cx=width * (0.5 + 0.3 * np.sin(phase)), r=height / 8
+        )
+        images.append(sessions.render_frame(height, width, [face], rng))
+    sessions.write_video(path, np.stack(images), fps=fps)
+
+
+def rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:7.1f}"
+
+
+def bench_stages(video: Path, out: Path, args) -> None:
+    source = VideoSource(video, "bench")
+    indices = list(range(source.num_frames))
+    start = time.perf_counter()
+    frames = np.concatenate([chunk for _, chunk in source.iter_chunks(indices, args.batch_size)])
+    decode_s = time.perf_counter() - start
+
+    detector = MTCNNDetector(args.min_face_size, 0.9, None, args.device)
+    detector.detect(frames[:1])  # warm-up
+    start = time.perf_counter()
+    found = [face for i in range(0, len(frames), args.batch_size) for face in detector.detect(frames[i : i + args.batch_size])]
+    detect_s = time.perf_counter() - start
+    landmarks = np.stack([f.landmarks[0] for f in found])  # the drawn face is found in every frame
+
+    start = time.perf_counter()
+    faces = np.concatenate(
+        [align_faces(frames[i : i + args.batch_size], landmarks[i : i + args.batch_size], 224) for i in range(0, len(frames), args.batch_size)]
+    )
+    align_s = time.perf_counter() - start
+
+    output = ClipOutput(PreparedLayout(out / "stages"), "bench", len(faces), 224)
+    start = time.perf_counter()
+    output.add(faces)
+    output.commit(faces[0], {})
+    write_s = time.perf_counter() - start
+    n = len(frames)
+    print(f"  decode  {rate(n, decode_s)} frames/s   detect {rate(n, detect_s)} frames/s   "
+          f"align {rate(n, align_s)} frames/s   write {rate(n, write_s)} frames/s")
+
+
+def bench_end_to_end(video_dir: Path, out: Path, detect_every: int, args) -> None:
+    options = [
+        f"input.videos={video_dir}",
+        f"output={out}",
+        "progress=false",
+        f"detector.min_face_size={args.min_face_size}",
+        f"detector.detect_every={detect_every}",
+        f"detector.batch_size={args.batch_size}",
+        f"detector.device={args.device}",
+    ]
+    start = time.perf_counter()
+    summary = prepare(load_prepare_config(None, options))
+    seconds = time.perf_counter() - start
+    print(
+        f"  end to end, detect_every {detect_every}: {rate(summary.frames_written, seconds)} frames/s written "
+        f"({summary.frames_decoded} decoded, {summary.frames_detected} detected = "
+        f"{rate(summary.frames_detected, seconds)} detected/s, {seconds:.1f} s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--min_face_size", type=int, default=40)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--detect_every", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="torch threads")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"device {args.device}, load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "videos").mkdir()
+        video = tmp / "videos" / "walk.mp4"
+        write_test_video(video, args.frames, args.height, args.width, fps=25)
+        print(f"{args.frames} frames of {args.width}x{args.height}, min_face_size {args.min_face_size}")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            print(f"torch threads {threads}:")
+            bench_stages(video, tmp / f"stages_{threads}", args)
+            for every in args.detect_every:
+                bench_end_to_end(tmp / "videos", tmp / f"out_{threads}_{every}", every, args)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -76,7 +76,8 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
 
 def hubert_encoder(preset: str) -> HubertAudioEncoder:
     """A random HuBERT with HuBERT-large's layout (layer-norm conv front end, stable layer norm)."""
-    config = HubertConfig(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, **HUBERT_PRESETS[preset])
+    layout = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    config = HubertConfig(**layout, **HUBERT_PRESETS[preset])
     prepare = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=AUDIO_RATE, do_normalize=True)
     return HubertAudioEncoder(HubertModel(config), prepare)
 

@@ -47,7 +47,7 @@ def extract(input_path: Path, output: Path, model_dir: Path, *options: str) -> N
 def tones(rate: int, seconds: float = 1.0) -> np.ndarray:
     """Three tones under a Hann window: all content well below 8 kHz, so resampling keeps it."""
     t = np.arange(round(rate * seconds)) / rate
-    wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 700 * t + 1) + 0.1 * np.sin(2 * np.pi * 1500 * t + 2)
+    wave = sum(a * np.sin(2 * np.pi * hz * t + phase) for a, hz, phase in ((0.3, 220, 0), (0.2, 700, 1), (0.1, 1500, 2)))
     return (wave * np.hanning(len(t))).astype(np.float32)
 
 
@@ -101,8 +101,9 @@ def test_vector_is_the_time_mean_of_the_chosen_layer(tmp_path, hubert_dir, refer
     last = np.load(tmp_path / "last" / "a.npy")
     assert last.shape == (64,) and last.dtype == np.float32
     np.testing.assert_allclose(last, reference(waveform).mean(axis=0), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(np.load(tmp_path / "first" / "a.npy"), reference(waveform, 1).mean(axis=0), atol=TOLERANCE, rtol=0)
-    assert not np.allclose(np.load(tmp_path / "first" / "a.npy"), last, atol=1e-3)
+    first = np.load(tmp_path / "first" / "a.npy")
+    np.testing.assert_allclose(first, reference(waveform, 1).mean(axis=0), atol=TOLERANCE, rtol=0)
+    assert not np.allclose(first, last, atol=1e-3)
     frames = np.load(tmp_path / "frames" / "a.npy")
     assert frames.shape == (39, 64)  # (12800 - 400) // 320 + 1: a 25 ms receptive field every 20 ms
     np.testing.assert_allclose(frames, reference(waveform), atol=TOLERANCE, rtol=0)
@@ -134,7 +135,8 @@ def test_other_rates_and_stereo_give_the_16k_mono_vector(tmp_path, hubert_dir):
         waveform = read_audio_track(clips / f"stereo{rate}.wav", RATE)
         assert waveform.shape == (RATE,)  # same duration; the mono mix is the channel mean, not louder
         np.testing.assert_allclose(waveform, tones(RATE), atol=1e-3, rtol=0)
-        np.testing.assert_allclose(np.load(tmp_path / "out" / f"stereo{rate}.npy"), original, atol=RESAMPLE_TOLERANCE, rtol=0)
+        resampled = np.load(tmp_path / "out" / f"stereo{rate}.npy")
+        np.testing.assert_allclose(resampled, original, atol=RESAMPLE_TOLERANCE, rtol=0)
 
 
 def test_long_clips_run_in_windows_whose_frames_are_concatenated(tmp_path, hubert_dir, reference):
@@ -268,7 +270,8 @@ def test_rerun_resumes_and_another_layer_is_refused_without_overwrite(tmp_path, 
     assert {p.name: p.read_bytes() for p in out.glob("*.npy")} == first  # nothing lost or mixed
 
     extract(clips, out, hubert_dir, "--layer", "1", "--overwrite")
-    np.testing.assert_allclose(np.load(out / "a.npy"), reference(tones(RATE, 0.5), 1).mean(axis=0), atol=TOLERANCE, rtol=0)
+    expected = reference(tones(RATE, 0.5), 1).mean(axis=0)
+    np.testing.assert_allclose(np.load(out / "a.npy"), expected, atol=TOLERANCE, rtol=0)
     assert json.loads((out / "extraction.json").read_text())["layer"] == 1
 
 

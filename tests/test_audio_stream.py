@@ -57,7 +57,8 @@ def test_demo_configs_read_three_streams_with_an_audio_dir(demo_paths, kind):
 @pytest.mark.parametrize("kind", DEMO_CONFIGS)
 def test_three_streams_without_an_audio_dir_is_a_config_error_naming_it(demo_paths, kind):
     section = DEMO_CONFIGS[kind][1]
-    with pytest.raises(ConfigError, match=rf"^{section}\.build_info\.audio_dir: empty, but model\.num_video_streams is 3"):
+    expected = rf"^{section}\.build_info\.audio_dir: empty, but model\.num_video_streams is 3"
+    with pytest.raises(ConfigError, match=expected):
         load(kind, f"{section}.build_info.audio_dir=")
     # two streams never read the third row: an empty audio_dir (zeros) is allowed there
     load(kind, f"{section}.build_info.audio_dir=", "model.num_video_streams=2")
@@ -105,7 +106,9 @@ def test_hcmw_clip_without_an_audio_vector_is_named_never_zero_filled(tmp_path):
     np.testing.assert_array_equal(dataset[0]["video_features"][2].numpy(), np.full(DIM, 0.5))  # the audio row
 
 
-def test_tiny_assets_give_the_demo_clips_a_tone_of_their_label_and_a_hubert_of_feature_dim(tiny_assets, tiny_assets_script):
+def test_tiny_assets_give_the_demo_clips_a_tone_of_their_label_and_a_hubert_of_feature_dim(
+    tiny_assets, tiny_assets_script
+):
     encoder = HubertAudioEncoder.from_pretrained(tiny_assets["hubert_dir"])
     assert encoder.feature_dim == tiny_assets_script.FEATURE_DIM == 64  # the tiny model's video_feature_dim
     assert encoder.feature_extractor is not None and encoder.feature_extractor.do_normalize

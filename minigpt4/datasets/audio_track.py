@@ -45,7 +45,8 @@ def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None
                 raise ClipReadError(clip, path, "no audio track (the file holds no sound to encode)")
             stream = container.streams.audio[0]
             if stream.codec_context is None:  # FFmpeg knows no decoder for the track's codec / sample format
-                raise ClipReadError(clip, path, "unsupported audio codec or sample format: FFmpeg has no decoder for it")
+                problem = "unsupported audio codec or sample format: FFmpeg has no decoder for it"
+                raise ClipReadError(clip, path, problem)
             # planar float at the target rate, channels kept: the mono mix is their mean (below),
             # not FFmpeg's down-mix matrix, which scales a stereo pair by 1/sqrt(2) per channel
             resampler = av.AudioResampler(format="fltp", rate=sample_rate)

@@ -164,3 +164,26 @@ def test_the_command_reports_bad_input_in_one_line(clip_folder, tmp_path):
     with pytest.raises(SystemExit, match=r"no row for clip\(s\) clip_b"):
         prepare_main(["--cfg-path", str(cfg), "--options", f"input.labels={tmp_path / 'labels.csv'}"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_sessions_cut_into_labelled_clips_with_the_main_face(tiny_assets, tmp_path):
+    """The generated sessions (make_tiny_assets part `sessions`): every window lies inside its
+    video, and the two windows of the session with a crossing face keep the main (warm) face."""
+    from minigpt4.prepare.cut import read_segments
+    from minigpt4.prepare.decode import VideoSource
+
+    sessions = load_script("tiny_sessions")
+    plans = read_segments(tiny_assets["sessions_segments"], tiny_assets["sessions_videos"])
+    assert len(plans) == 10 and {plan.labels["mw_label"] for plan in plans} == {"MW", "NonMW"}
+    assert all(plan.end_s <= VideoSource(plan.video, plan.clip).duration for plan in plans)
+    rows = ["video,clip,start_s,end_s"] + [f"{p.video.name},{p.clip},{p.start_s},{p.end_s}" for p in plans if p.clip in ("s1_probe2", "s1_probe3")]
+    (tmp_path / "two.csv").write_text("\n".join(rows) + "\n")
+    cfg = write_config(tmp_path / "prepare.yaml", tmp_path, tmp_path / "out")
+    options = [f"input.videos={tiny_assets['sessions_videos']}", f"input.segments={tmp_path / 'two.csv'}", "input.labels=null"]
+    options += ["detector.min_face_size=20", "detector.detect_every=2", "align.size=64"]
+    assert prepare_main(["--cfg-path", str(cfg), "--options", *options]) == 0
+    for clip in ("s1_probe2", "s1_probe3"):
+        report = json.loads((tmp_path / "out" / "tracks" / f"{clip}.json").read_text())
+        assert report["coverage"] >= 0.9 and report["frames_written"] == report["frames_kept"] == 16
+        cheeks = np.load(tmp_path / "out" / "face_arrays" / f"{clip}.npy")[:, 40:45, 10:16].reshape(-1, 3).mean(0)
+        assert np.abs(cheeks / cheeks.mean() - np.array(sessions.SKIN) / np.mean(sessions.SKIN)).max() < 0.1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from minigpt4.common.logger import setup_logging
-from minigpt4.datasets.audio_track import is_audio_clip_entry
+from minigpt4.datasets.audio_track import AUDIO_SUFFIXES, is_audio_clip_entry
 from minigpt4.features.audio_extract import extract_audio_features
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
@@ -25,7 +25,9 @@ from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = extraction_argument_parser(__doc__.splitlines()[0], default_model=None)
+    parser = extraction_argument_parser(
+        __doc__.splitlines()[0], default_model=None, clip_kinds=f"videos with sound, {', '.join(AUDIO_SUFFIXES)} files"
+    )
     parser.add_argument(
         "--model_dir",
         required=True,

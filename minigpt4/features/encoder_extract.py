@@ -407,15 +407,17 @@ def _builds(builder: Callable, family: type) -> bool:
     return isinstance(built, type) and issubclass(built, family)
 
 
-def extraction_argument_parser(description: str, default_model: str | None) -> argparse.ArgumentParser:
+def extraction_argument_parser(
+    description: str, default_model: str | None, clip_kinds: str = "frame folders, .npy arrays, videos"
+) -> argparse.ArgumentParser:
     """The options the extraction commands share; ``default_model`` None leaves out the
     registered-encoder options (``--checkpoint``, ``--model``, ``--trust-checkpoint``) for a
-    command whose encoder is a model folder instead."""
+    command whose encoder is a model folder instead; ``clip_kinds`` says what a clip may be."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--input",
         required=True,
-        help="a folder of clips (frame folders, .npy arrays, videos) or a file listing clip paths, "
+        help=f"a folder of clips ({clip_kinds}) or a file listing clip paths, "
         "one per line (relative ones start at the list's folder)",
     )
     parser.add_argument("--output", required=True, help="folder for <clip>.npy (created if missing)")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,8 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_torchrun_two_processes_trains_and_validates_every_clip(tiny_assets, tmp_path):
     """DDP with find_unused_parameters=False fails on the 2nd step if a trainable tensor gets no
-    gradient; validation splits the clips over the ranks and gathers them back."""
+    gradient; validation splits the clips over the ranks and gathers them back; the ranks draw
+    different dropout masks."""
     out = tmp_path / "train"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -58,6 +60,9 @@ def test_torchrun_two_processes_trains_and_validates_every_clip(tiny_assets, tmp
         assert sorted(r["clip"] for r in csv.DictReader(handle)) == fold_clips  # each clip once, from both ranks
     metrics = json.loads((out / "fold_1" / "metrics.json").read_text())
     assert metrics["best"]["n"] == len(fold_clips)
+    # each process seeds run.seed + rank: distinct dropout draws, both saved for an exact resume
+    rng = torch.load(out / "fold_1" / "checkpoint_last.pth", weights_only=True)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     assert json.loads((out / "summary.json").read_text())["folds"]["1"] == metrics["best"]
 
 

@@ -44,7 +44,9 @@ class ShardRow(HCMWRow):
     key: str
 
 
-def sample_problems(sample: Mapping, clip: str, dim: int, vector_kinds: list[str]) -> tuple[dict | None, list[tuple[str, str]]]:
+def sample_problems(
+    sample: Mapping, clip: str, dim: int, vector_kinds: list[str]
+) -> tuple[dict | None, list[tuple[str, str]]]:
     """(the sample's JSON if usable, [(member, problem)]) under the folder layout's rules."""
     problems = []
     meta = None
@@ -63,7 +65,8 @@ def sample_problems(sample: Mapping, clip: str, dim: int, vector_kinds: list[str
         meta = None
     if meta is not None and meta["label"] not in LABELS:
         problems.append((META, f"unknown mw_label {meta['label']!r}; expected MW or NonMW"))
-    checks = [(IMAGE, check_image_bytes)] + [(VECTORS[kind], lambda data: vector_from_bytes(data, dim)) for kind in vector_kinds]
+    checks = [(IMAGE, check_image_bytes)]
+    checks += [(VECTORS[kind], lambda data: vector_from_bytes(data, dim)) for kind in vector_kinds]
     for member, check in checks:
         if member not in sample:
             problems.append((member, "missing"))
@@ -114,7 +117,9 @@ class HCMWShardDataset(HCMWDataset):
         self.fold = NO_FOLD
         self._cursor: tuple[int, ShardCursor] | None = None  # (process id, cursor): never shared by a fork
         # no folders: rows, files and the audio stream all come from the shards
-        super().__init__(vis_processor, self.index_url, "", "", facemae_dir="", videomae_dir="", audio_dir="", **options)
+        super().__init__(
+            vis_processor, self.index_url, "", "", facemae_dir="", videomae_dir="", audio_dir="", **options
+        )
 
     def _index_entries(self) -> list[dict]:
         by_name = {entry["name"]: entry for entry in self.index["shards"]}
@@ -122,7 +127,9 @@ class HCMWShardDataset(HCMWDataset):
         for url in self.shard_urls:
             name = url.rstrip().rsplit("/", 1)[-1]
             if name not in by_name:
-                raise ShardError(f"{url}: shard {name!r} is not listed in {self.index_url}; pack the shards and their index together")
+                raise ShardError(
+                    f"{url}: shard {name!r} is not listed in {self.index_url}; pack the shards and their index together"
+                )
             entries.append(by_name[name])
         return entries
 
@@ -142,7 +149,9 @@ class HCMWShardDataset(HCMWDataset):
             for problem in bad:
                 self.problems.setdefault(problem.clip, []).append(problem)
             if unlisted:
-                raise ShardError(f"{unlisted[0]} is not listed in {self.index_url}; pack the shards and their index together")
+                raise ShardError(
+                    f"{unlisted[0]} is not listed in {self.index_url}; pack the shards and their index together"
+                )
         rows = []
         for number, entry in enumerate(self.entries):
             for key, clip in zip(entry["keys"], entry["clips"]):
@@ -250,7 +259,9 @@ class HCMWShardStream(IterableDataset):
             meta = json.loads(sample[META])
         except (KeyError, ValueError):  # a bad sample, already reported when the dataset was built
             return False
-        return isinstance(meta, dict) and meta.get("fold") != self.dataset.fold and meta.get("clip") in self.rows_by_clip
+        if not isinstance(meta, dict):
+            return False
+        return meta.get("fold") != self.dataset.fold and meta.get("clip") in self.rows_by_clip
 
     def _item(self, sample: dict) -> dict:
         return self.dataset.item_of(self.rows_by_clip[json.loads(sample[META])["clip"]], sample)

@@ -100,13 +100,16 @@ def _check_files_exist(rows: list[HCMWRow], layout: ClipFiles, annotation: Path)
     if bad:
         lines = [f"  {b.clip}: {b.file}: {b.problem}" for b in bad[:SHOWN_IN_MESSAGE]]
         more = [f"  ... and {len(bad) - SHOWN_IN_MESSAGE} more"] if len(bad) > SHOWN_IN_MESSAGE else []
-        raise DataError(f"{annotation}: {len({b.clip for b in bad})} clip(s) cannot be packed:\n" + "\n".join(lines + more))
+        clips = len({b.clip for b in bad})
+        raise DataError(f"{annotation}: {clips} clip(s) cannot be packed:\n" + "\n".join(lines + more))
 
 
 def _prepare_output(output: Path, overwrite: bool) -> None:
     earlier = sorted(output.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}")) + sorted(output.glob(INDEX_NAME))
     if earlier and not overwrite:
-        raise DataError(f"{output} already holds shards ({earlier[0].name}); pass --overwrite or choose another --output")
+        raise DataError(
+            f"{output} already holds shards ({earlier[0].name}); pass --overwrite or choose another --output"
+        )
     for path in earlier:
         path.unlink()
     output.mkdir(parents=True, exist_ok=True)

@@ -94,4 +94,5 @@ def iter_samples(url: str) -> Iterator[dict]:
         raise
     except Exception as exc:  # tarfile, the pipe and webdataset raise what the damage makes them raise
         where = f"after key {last_key}" if last_key is not None else "before the first sample"
-        raise ShardError(f"{url}: unreadable {where} (truncated or not a tar?): {exc.args[0] if exc.args else exc}") from exc
+        reason = exc.args[0] if exc.args else exc
+        raise ShardError(f"{url}: unreadable {where} (truncated or not a tar?): {reason}") from exc

@@ -193,3 +193,12 @@ def test_config_rejects_unknown_keys_bad_values_and_missing_settings(tmp_path):
     (tmp_path / "q.yaml").write_text("input: {videos: v}\n")
     with pytest.raises(ConfigError, match="output"):
         load_prepare_config(tmp_path / "q.yaml")
+
+
+
+def test_a_speeding_face_stays_one_track_by_its_expected_box():
+    """40 px boxes at x = 0, 10, 30, 60, 100: the IoU with the last box falls to 1/3, 1/7, 0, but with
+    the box moved on at the last speed it stays 3/5; at threshold 0.5 one track, not four."""
+    frames = [[[x, 0.0, x + 40, 40]] for x in (0.0, 10.0, 30.0, 60.0, 100.0)]
+    track = follow_face(detections(*frames), np.arange(5), 5, TrackConfig(iou_threshold=0.5))
+    assert track.num_tracks == 1 and track.coverage == 1.0

@@ -1,8 +1,11 @@
 """One person per clip: link detections into tracks by box overlap, keep one track, fill gaps.
 
-Detections are linked frame to frame: each track's last box is paired with the detection it
-overlaps most (IoU, best pairs first) when that overlap reaches ``iou_threshold``; a
-detection left over starts a new track.  The kept track is chosen by the configured rule
+Detections are linked frame to frame: each track is paired with the detection it overlaps
+most (IoU, best pairs first) when that overlap reaches ``iou_threshold``.  A track's overlap
+with a detection is the larger of two: with its last box, and with its expected box (the last
+box moved on at the speed between its last two detections), so a face that moves fast
+relative to the spacing of detection frames stays one track, and one that stops or turns back
+does too.  A detection left over starts a new track.  The kept track is chosen by the configured rule
 (largest mean box, or most detections with size breaking ties).  Between two detections of
 the kept track its box and landmarks are interpolated linearly when at most ``max_gap``
 detections in a row missed it, and across frames where no detection ran; frames outside that
@@ -47,14 +50,25 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9)
 
 
+def expected_box(track: dict[int, tuple], step: int) -> np.ndarray:
+    """Where the track's box should be at ``step``: its last box moved on at its last speed."""
+    steps = sorted(track)[-2:]
+    last = track[steps[-1]][0]
+    if len(steps) == 1:
+        return last
+    velocity = (last - track[steps[0]][0]) / (steps[1] - steps[0])  # per detection step
+    return last + velocity * (step - steps[1])
+
+
 def link_tracks(detections: list[FaceDetections], iou_threshold: float) -> list[dict[int, tuple]]:
-    """Tracks as {detection step: (box, landmarks)}, linked greedily by IoU with each track's last box."""
+    """Tracks as {detection step: (box, landmarks)}, linked greedily by IoU with each track's last or expected box."""
     tracks: list[dict[int, tuple]] = []
-    last_boxes: list[np.ndarray] = []
     for step, found in enumerate(detections):
         unmatched = set(range(len(found)))
         if tracks and len(found):
-            iou = box_iou(np.stack(last_boxes), found.boxes)
+            last = np.stack([track[max(track)][0] for track in tracks])
+            expected = np.stack([expected_box(track, step) for track in tracks])
+            iou = np.maximum(box_iou(last, found.boxes), box_iou(expected, found.boxes))
             for flat in np.argsort(-iou, axis=None):
                 track, det = np.unravel_index(flat, iou.shape)
                 if iou[track, det] < iou_threshold:
@@ -62,11 +76,9 @@ def link_tracks(detections: list[FaceDetections], iou_threshold: float) -> list[
                 if step in tracks[track] or det not in unmatched:
                     continue
                 tracks[track][step] = (found.boxes[det], found.landmarks[det])
-                last_boxes[track] = found.boxes[det]
                 unmatched.discard(det)
         for det in sorted(unmatched):
             tracks.append({step: (found.boxes[det], found.landmarks[det])})
-            last_boxes.append(found.boxes[det])
     return tracks
 
 

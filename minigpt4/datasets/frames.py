@@ -166,7 +166,12 @@ class FrameFolder(ClipFrames):
 
 
 class FrameArray(ClipFrames):
-    """A ``.npy`` array [T, H, W, 3] of uint8, memory-mapped so only read frames are loaded."""
+    """A ``.npy`` array [T, H, W, 3] of uint8, of which only the read frames are loaded.
+
+    The header is read through a memory map; frames are then read from the file one by one,
+    not through the map, whose touched pages would stay in this process's memory until the
+    clip is closed (a whole clip of huge frames, the very thing resizing while decoding avoids).
+    """
 
     def __init__(self, clip: str, path: Path):
         super().__init__(clip, path)
@@ -186,8 +191,19 @@ class FrameArray(ClipFrames):
         return self.array.shape[0]
 
     def _decode(self, indices: np.ndarray) -> Iterator[np.ndarray]:
-        for index in indices:
-            yield np.ascontiguousarray(self.array[index])
+        if not self.array.flags.c_contiguous:  # a Fortran-order file: frames are not contiguous in it
+            for index in indices:
+                yield np.ascontiguousarray(self.array[index])
+            return
+        frame_shape = self.array.shape[1:]
+        frame_size = int(np.prod(frame_shape))
+        with open(self.path, "rb") as handle:
+            for index in indices:
+                handle.seek(self.array.offset + int(index) * frame_size)
+                data = handle.read(frame_size)
+                if len(data) != frame_size:
+                    raise self.error(f"frame {index} is cut off (the file is shorter than its header says)")
+                yield np.frombuffer(data, dtype=np.uint8).reshape(frame_shape)
 
 
 class VideoFile(ClipFrames):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -202,3 +204,9 @@ def test_a_speeding_face_stays_one_track_by_its_expected_box():
     frames = [[[x, 0.0, x + 40, 40]] for x in (0.0, 10.0, 30.0, 60.0, 100.0)]
     track = follow_face(detections(*frames), np.arange(5), 5, TrackConfig(iou_threshold=0.5))
     assert track.num_tracks == 1 and track.coverage == 1.0
+
+
+@pytest.mark.parametrize("name", ["prepare_hcmw.yaml", "demo_prepare.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_prepare_config(Path(__file__).resolve().parents[1] / "eval_configs" / name)
+    assert cfg.align.size == 224 and cfg.threads == 1 and cfg.input.segments.endswith("segments.csv")

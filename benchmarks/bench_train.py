@@ -19,6 +19,7 @@ same loss, so it must agree.
 
     python -m benchmarks.bench_train --preset tiny
     python -m benchmarks.bench_train --preset medium --steps 5
+    python -m benchmarks.bench_train --preset medium --llm-grad-checkpoint   # both methods with it on
     python -m benchmarks.bench_train --preset full --device cuda --steps 20
 
 Presets:
@@ -114,9 +115,10 @@ PRESETS = {
 # ---------------------------------------------------------------------------------- set-up (parent)
 
 
-def prepare_run(preset_name: str, batch_size: int, device: str, work_dir: Path) -> Path:
+def prepare_run(preset_name: str, batch_size: int, device: str, work_dir: Path, llm_grad_checkpoint: bool = False) -> Path:
     """Generate weights and data for ``preset_name`` under ``work_dir``; returns the run config
-    (a ``train.py`` YAML) both methods read."""
+    (a ``train.py`` YAML) both methods read.  ``llm_grad_checkpoint`` sets the model key of
+    that name (recompute LLaMA's activations in backward) for both methods."""
     preset = PRESETS[preset_name]
     assets = make_tiny_assets(work_dir / "tiny_assets")
     # three folds; the batch comes from the training rows of fold 0
@@ -137,6 +139,7 @@ def prepare_run(preset_name: str, batch_size: int, device: str, work_dir: Path) 
             "ckpt": "",
         }
     model.update(preset.model)
+    model["llm_grad_checkpoint"] = llm_grad_checkpoint
     processor = {"image_size": preset.image_size}
     config = {
         "model": model,
@@ -303,7 +306,7 @@ COLUMNS = [
 
 def compare(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        cfg_path = prepare_run(args.preset, args.batch_size, args.device, Path(tmp))
+        cfg_path = prepare_run(args.preset, args.batch_size, args.device, Path(tmp), args.llm_grad_checkpoint)
         worker_args = ["--preset", args.preset, "--cfg", str(cfg_path), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
         results = [run_worker("benchmarks.bench_train", ["--worker", method, *worker_args], WORKER_TIMEOUT_S) for method in METHODS]
@@ -314,7 +317,8 @@ def compare(args) -> dict:
     rtol = LOSS_RTOL["fp32" if ours["precision"] == "float32" else "half"]
     losses_agree = abs(ours["first_loss"] - original["first_loss"]) <= rtol * abs(original["first_loss"])
     machine = results[0]["machine"]
-    print(f"\npreset {args.preset} on {machine['device']} ({machine.get('gpu') or machine['cpu']}, "
+    print(f"\nmodel.llm_grad_checkpoint: {args.llm_grad_checkpoint}")
+    print(f"preset {args.preset} on {machine['device']} ({machine.get('gpu') or machine['cpu']}, "
           f"{machine['cpu_cores_usable']} cores, torch {machine['torch']}), {ours['precision']}, "
           f"{ours['trainable_parameters']:,} trainable parameters; peak memory = {results[0]['memory_kind']}")
     print(format_table(results, COLUMNS))
@@ -324,7 +328,7 @@ def compare(args) -> dict:
              if ours["working_mib"] is not None and original["working_mib"] is not None else ""))
     print(f"first-step losses {'agree' if losses_agree else 'DIFFER'} (rtol {rtol}): "
           f"ours {ours['first_loss']:.6f}, original {original['first_loss']:.6f}")
-    return {"preset": args.preset, "results": results, "speedup": speedup, "peak_memory_ratio": memory_ratio,
+    return {"preset": args.preset, "llm_grad_checkpoint": args.llm_grad_checkpoint, "results": results, "speedup": speedup, "peak_memory_ratio": memory_ratio,
             "losses_agree": losses_agree}
 
 
@@ -335,6 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, help="untimed steps first, at least 1 (default: the preset's)")
     parser.add_argument("--batch-size", type=int, help="clips per step (default: the preset's)")
     parser.add_argument("--device", help="cpu or cuda (default: the preset's)")
+    parser.add_argument("--llm-grad-checkpoint", action="store_true", help="model.llm_grad_checkpoint: true for both methods")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--cfg", type=Path, help=argparse.SUPPRESS)

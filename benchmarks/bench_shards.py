@@ -53,7 +53,8 @@ def dataset_section(data: dict, shards: Path | None) -> dict:
         info = {"shards": str(shards / brace_pattern(len(list(shards.glob("*.tar")))))}
     size = {"image_size": IMAGE_SIZE}
     return {"build_info": info, "feature_dim": FEATURE_DIM,
-            "vis_processor": {"train": {"name": "blip2_image_train", **size}, "eval": {"name": "blip2_image_eval", **size}}}
+            "vis_processor": {"train": {"name": "blip2_image_train", **size},
+                              "eval": {"name": "blip2_image_eval", **size}}}
 
 
 def read_all(section: dict, num_workers: int) -> dict:

@@ -114,7 +114,10 @@ def test_keys_that_pick_the_defaults_refuse_a_wrong_type_naming_the_key(tmp_path
     ("runner", "option", "message"),
     [
         ("runner_base", "model.precision=fp8", "model.precision: 'fp8' is not one of bf16, fp16, fp32"),
-        ("runner_base", "model.vit_model=eva_clip_huge", "model.vit_model: unknown encoder 'eva_clip_huge'; registered encoders:"),
+        ("runner_base", "model.vit_model=eva_clip_huge", "model.vit_model: 'eva_clip_huge' is not one of eva_clip_g, eva_clip_tiny"),
+        # registered encoders, but not of the EVA family whose tokens the model reads
+        ("runner_base", "model.vit_model=face_mae_tiny", "model.vit_model: 'face_mae_tiny' is not one of eva_clip_g, eva_clip_tiny"),
+        ("runner_base", "model.vit_model=video_mae_vit_large", "model.vit_model: 'video_mae_vit_large' is not one of eva_clip_g"),
         ("runner_base", "model.num_video_streams=1", "model.num_video_streams: 1 is not one of 2, 3"),
         ("runner_base", "model.num_video_streams=4", "model.num_video_streams: 4 is not one of 2, 3"),
         ("runner_base", "model.llama_feature_positions=[6,1.5]", "model.llama_feature_positions: every element must be int or str"),
@@ -204,6 +207,7 @@ def test_schema_choices_are_the_ones_the_code_accepts():
     from minigpt4.datasets.datasets.base_dataset import ON_ERROR_CHOICES
     from minigpt4.features.writer import DTYPES, LAYOUTS
     from minigpt4.models.base_model import PRECISIONS
+    from minigpt4.models.eva_vit import EVA_VARIANTS
     from minigpt4.models.minigpt_base import POOL_SPANS
 
     assert set(rule_for("model.precision").choices) == set(PRECISIONS)
@@ -211,7 +215,9 @@ def test_schema_choices_are_the_ones_the_code_accepts():
     assert set(rule_for("run.feature_dtype").choices) == set(DTYPES)
     assert set(rule_for("run.feature_layout").choices) == set(LAYOUTS)
     assert set(rule_for("evaluation_datasets.x.on_error").choices) == set(ON_ERROR_CHOICES)
-    assert rule_for("model.vit_model").allowed() == tuple(registry.names("encoder"))
+    # the model reads EVA tokens: of the registered encoders, only the EVA variants
+    assert rule_for("model.vit_model").allowed({}, {"arch": "minigpt_v2"}) == tuple(sorted(EVA_VARIANTS))
+    assert {"face_mae_tiny", "video_mae_tiny"} <= set(registry.names("encoder"))
 
 
 def test_reference_table_in_the_docs_is_the_generated_one():

@@ -386,15 +386,23 @@ def test_overwrite_replaces_the_files_of_other_settings(clean_dump, tmp_path):
 
 @pytest.mark.parametrize(
     "positions, problem",
-    [("[image:2,prompt:900]", "'prompt:900' is out of range"), ("[image:64]", "'image:64' is out of range"),
+    [("[image:2,prompt:999]", r"'prompt:999' is out of range: the input has \d+ prompt tokens \(prompt:0\.\.prompt:"),
+     ("[image:2,500]", r"position 500 is beyond the input: indices are 0\.\.\d+ "),
+     ("[image:64]", r"'image:64' is out of range: the input has 64 image tokens \(image:0\.\.image:63"),
      ("[image2]", "'image2' is not a position")],
-    ids=["prompt-range", "image-range", "malformed"],
+    ids=["prompt-range", "index-range", "image-range", "malformed"],
 )  # fmt: skip
-def test_a_bad_position_name_stops_the_run_naming_the_key_before_any_output(demo_env, tmp_path, positions, problem):
+def test_a_bad_position_name_stops_the_run_naming_the_key_before_the_model_is_built(
+    demo_env, tmp_path, monkeypatch, positions, problem
+):
     from minigpt4.common.config import ConfigError
 
+    def refuse_to_build(model_cfg):
+        raise AssertionError("the model was built before the positions were checked")
+
+    monkeypatch.setattr(BaseTask, "build_model", staticmethod(refuse_to_build))
     out = tmp_path / "features"
-    with pytest.raises(ConfigError, match=rf"model\.llama_feature_positions: {problem}"):
+    with pytest.raises(ConfigError, match=rf"^model\.llama_feature_positions: {problem}"):
         dump(out, f"model.llama_feature_positions={positions}")
     assert not out.exists()
 

@@ -105,6 +105,12 @@ def _model_types(root: Mapping, parent: Mapping) -> tuple:
     return tuple(getattr(registry.get("model", parent["arch"]), "PRETRAINED_MODEL_CONFIG_DICT", ()))
 
 
+def _vision_encoders(root: Mapping, parent: Mapping) -> tuple:
+    # the registered encoders of the family the model reads (its VISION_ENCODER class)
+    family = getattr(registry.get("model", parent["arch"]), "VISION_ENCODER", None)
+    return tuple(registry.names("encoder", builds=family))
+
+
 def _answer_codes(root: Mapping, parent: Mapping) -> tuple:
     return tuple(parent.get("answers") or ())
 
@@ -117,7 +123,7 @@ RULES: dict[str, Rule] = {
     # model
     "model.arch": Rule(registered="model"),
     "model.model_type": Rule(choices_of=_model_types, depends="a type of model.arch"),
-    "model.vit_model": Rule(registered="encoder"),
+    "model.vit_model": Rule(choices_of=_vision_encoders, depends="an image encoder of model.arch's family"),
     "model.precision": Rule(choices=("bf16", "fp16", "fp32")),
     "model.num_video_streams": Rule(choices=(2, 3)),
     "model.image_size": Rule(minimum=POSITIVE),

@@ -9,6 +9,7 @@ an error that lists the names that do exist, so a typo in a config is easy to fi
 
 from __future__ import annotations
 
+import typing
 from typing import Any, Callable
 
 KINDS = ("builder", "model", "processor", "task", "runner", "lr_scheduler", "encoder")
@@ -61,8 +62,21 @@ class Registry:
             raise RegistryError(f"unknown {kind} {name!r}; registered {kind}s: {choices}")
         return table[name]
 
-    def names(self, kind: str) -> list[str]:
-        return sorted(self._table(kind))
+    def names(self, kind: str, builds: type | None = None) -> list[str]:
+        """The registered names; with ``builds``, only those whose builder makes that class (or a subclass)."""
+        table = self._table(kind)
+        return sorted(name for name in table if builds is None or self.builds(kind, name, builds))
+
+    def builds(self, kind: str, name: str, family: type) -> bool:
+        """Whether the builder registered as ``name`` makes a ``family`` (or a subclass)."""
+        builder = self.get(kind, name)
+        # a builder's return annotation says what it builds, without building it; registered
+        # variants are partials of their family's build function
+        try:
+            built = typing.get_type_hints(getattr(builder, "func", builder)).get("return")
+        except (NameError, TypeError):  # an annotation that cannot be resolved here
+            return False
+        return isinstance(built, type) and issubclass(built, family)
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._table(kind)

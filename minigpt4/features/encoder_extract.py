@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import logging
 import os
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -390,21 +389,10 @@ def build_encoder(
     name: str, family: type[torch.nn.Module], checkpoint: str | os.PathLike, trust_checkpoint: bool, **options
 ) -> torch.nn.Module:
     """Build the registered encoder ``name`` with its weights, refusing one of another family."""
-    builder = registry.get("encoder", name)
-    if not _builds(builder, family):
-        choices = [n for n in registry.names("encoder") if _builds(registry.get("encoder", n), family)]
+    if not registry.builds("encoder", name, family):
+        choices = registry.names("encoder", builds=family)
         raise ValueError(f"encoder {name!r} is not a {family.__name__}; choose one of: {', '.join(choices)}")
-    return builder(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **options)
-
-
-def _builds(builder: Callable, family: type) -> bool:
-    # a builder's return annotation says what it builds, without building it; registered
-    # variants are partials of their family's build function
-    try:
-        built = typing.get_type_hints(getattr(builder, "func", builder)).get("return")
-    except (NameError, TypeError):  # an annotation that cannot be resolved here
-        return False
-    return isinstance(built, type) and issubclass(built, family)
+    return registry.get("encoder", name)(checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **options)
 
 
 def extraction_argument_parser(

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -14,12 +16,29 @@ from minigpt4.common.checkpoint_io import LoadReport, load_checkpoint, unwrap_st
 from minigpt4.common.registry import registry
 from minigpt4.models.base_model import load_llm, load_vision_encoder
 from minigpt4.models.checkpoint_maps import load_released_state, model_to_released
+from minigpt4.models.eva_vit import EvaViT
+from minigpt4.models.llama_tokenizer import LlamaTokenizer
 from minigpt4.models.minigpt_base import MiniGPTBase, VisualTokens, check_pools, check_positions, resolve_layers
 from minigpt4.models.prompt_layout import PromptLayout, ResolvedPosition, check_slot_positions, parse_positions
 
 logger = logging.getLogger(__name__)
 
 MAX_STREAMS = 3  # FaceMAE, VideoMAE, audio: all three projectors exist so released files load
+CONFIG_KEYS = (  # model config keys read by the constructor (besides llama_model)
+    "vit_model", "vit_checkpoint", "image_size", "drop_path_rate", "use_grad_checkpoint", "freeze_vit",
+    "image_token_merge", "video_feature_dim", "num_video_streams", "pad_token", "low_resource", "precision",
+    "llm_grad_checkpoint", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "chat_template",
+    "prompt_template", "end_sym", "max_txt_len", "max_context_len", "legacy_generate_context",
+    "llama_feature_positions", "llama_feature_layers", "llama_feature_pools", "trust_checkpoint",
+)
+LIST_KEYS = ("lora_target_modules", "llama_feature_positions", "llama_feature_layers", "llama_feature_pools")
+
+
+def image_token_count(num_patches: int, image_token_merge: int) -> int:
+    """Image tokens of the LLM input: every ``image_token_merge`` patches become one."""
+    if num_patches % image_token_merge:
+        raise ValueError(f"model.image_token_merge={image_token_merge} does not divide the {num_patches} image patches")
+    return num_patches // image_token_merge
 
 
 @dataclass
@@ -40,6 +59,9 @@ class MiniGPTv2(MiniGPTBase):
         "pretrain": "configs/models/minigpt_v2.yaml",
         "tiny": "configs/models/minigpt_v2_tiny.yaml",
     }
+    # model.vit_model must name an encoder of this family: the image tokens and ln_vision
+    # follow EVA's layout (CLS first, then the patch tokens)
+    VISION_ENCODER = EvaViT
     REQUIRED_PATHS = ("llama_model",)
     OPTIONAL_PATHS = ("vit_checkpoint", "ckpt")  # empty = random ViT / fresh projectors
 
@@ -88,13 +110,9 @@ class MiniGPTv2(MiniGPTBase):
             vit_model, image_size, drop_path_rate, use_grad_checkpoint, vit_checkpoint, trust_checkpoint, precision, freeze_vit
         )
         grid_h, grid_w = self.visual_encoder.patch_grid
-        num_patches = grid_h * grid_w
-        if num_patches % image_token_merge:
-            raise ValueError(
-                f"model.image_token_merge={image_token_merge} does not divide the {num_patches} image patches"
-            )
+        num_image_tokens = image_token_count(grid_h * grid_w, image_token_merge)
         # image:K / stream:K out of range fail here, before the LLM's weights are read.
-        check_slot_positions(self.feature_position_specs, num_patches // image_token_merge, num_video_streams)
+        check_slot_positions(self.feature_position_specs, num_image_tokens, num_video_streams)
         self.llama_model, self.llama_tokenizer = load_llm(
             llama_model, precision, pad_token, low_resource, lora_r, lora_alpha, lora_dropout,
             lora_target_modules, llm_grad_checkpoint,
@@ -116,7 +134,7 @@ class MiniGPTv2(MiniGPTBase):
 
         self.layout = PromptLayout(
             self.llama_tokenizer,
-            num_image_tokens=num_patches // image_token_merge,
+            num_image_tokens=num_image_tokens,
             num_feature_tokens=num_video_streams + 1,
             chat_template=chat_template,
             prompt_template=prompt_template,
@@ -234,19 +252,36 @@ class MiniGPTv2(MiniGPTBase):
             parse_positions(cfg["llama_feature_positions"])
 
     @classmethod
-    def from_config(cls, cfg) -> "MiniGPTv2":
-        keys = (
-            "vit_model", "vit_checkpoint", "image_size", "drop_path_rate", "use_grad_checkpoint", "freeze_vit",
-            "image_token_merge", "video_feature_dim", "num_video_streams", "pad_token", "low_resource", "precision",
-            "llm_grad_checkpoint", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "chat_template",
-            "prompt_template", "end_sym", "max_txt_len", "max_context_len", "legacy_generate_context",
-            "llama_feature_positions", "llama_feature_layers", "llama_feature_pools", "trust_checkpoint",
+    def constructor_arguments(cls, cfg) -> dict:
+        """Every constructor argument: the config's value, else the constructor's default."""
+        kwargs = {key: list(cfg[key]) if key in LIST_KEYS else cfg[key] for key in CONFIG_KEYS if key in cfg}
+        bound = inspect.signature(cls).bind(llama_model=cfg["llama_model"], **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    @classmethod
+    def feature_positions_before_loading(cls, cfg, instruction: str) -> list[ResolvedPosition]:
+        """The dump positions of ``instruction`` from the tokenizer file and the model's sizes alone,
+        so a name or index beyond the input stops a run before any weights are read."""
+        args = cls.constructor_arguments(cfg)
+        with torch.device("meta"):  # the encoder's architecture only: no memory, no weights
+            encoder = registry.get("encoder", args["vit_model"])(img_size=args["image_size"])
+        grid_h, grid_w = encoder.patch_grid
+        layout = PromptLayout(
+            LlamaTokenizer.from_folder(Path(args["llama_model"]).expanduser(), args["pad_token"]),
+            num_image_tokens=image_token_count(grid_h * grid_w, args["image_token_merge"]),
+            num_feature_tokens=args["num_video_streams"] + 1,
+            chat_template=args["chat_template"],
+            prompt_template=args["prompt_template"],
+            end_sym=args["end_sym"],
+            max_txt_len=args["max_txt_len"],
+            max_context_len=args["max_context_len"],
         )
-        kwargs = {key: cfg[key] for key in keys if key in cfg}
-        for key in ("lora_target_modules", "llama_feature_positions", "llama_feature_layers", "llama_feature_pools"):
-            if key in kwargs:
-                kwargs[key] = list(kwargs[key])
-        model = cls(llama_model=cfg["llama_model"], **kwargs)
+        return layout.resolve_positions(instruction, parse_positions(args["llama_feature_positions"]))
+
+    @classmethod
+    def from_config(cls, cfg) -> "MiniGPTv2":
+        model = cls(**cls.constructor_arguments(cfg))
         if cfg.get("ckpt"):
             model.load_released_checkpoint(cfg["ckpt"], strict=cfg.get("strict_ckpt", True), trust_checkpoint=cfg.get("trust_checkpoint", False))
         return model

@@ -202,8 +202,8 @@ class PromptLayout:
                 index = spec.k
                 if index >= len(ids):
                     raise ConfigError(
-                        f"{POSITIONS_KEY}: position {index} is beyond the input, which has {len(ids)} tokens "
-                        f"([BOS] + prompt {len(prompt)} + answer {len(ids) - len(prompt)}) for {instruction!r}"
+                        f"{POSITIONS_KEY}: position {index} is beyond the input: indices are 0..{len(ids) - 1} "
+                        f"([BOS] + prompt {len(prompt)} + answer {len(ids) - len(prompt)} tokens) for {instruction!r}"
                     )
             resolved.append(ResolvedPosition(spec.name, index, names[index]))
         return resolved

@@ -1,8 +1,9 @@
 """Evaluation runner: feature dumps and generation-based evaluation over the datasets named
 on the command line (``eval_emotion.py --dataset a,b``).
 
-Every dataset is built and validated before the model is loaded, so bad input fails fast and
-before any output is written.  The dataset's builder names the task that evaluates it.
+Every dataset is built and validated, and each task checks what it can without weights (the
+dump positions against the instruction), before the model is loaded, so bad input fails fast
+and before any output is written.  The dataset's builder names the task that evaluates it.
 """
 
 from __future__ import annotations
@@ -69,13 +70,19 @@ class RunnerEval:
         setup_logging(self.run_cfg.log_level)  # after init: it needs the rank
         seed_everything(self.run_cfg.seed)
         datasets = {name: self._build_dataset(name) for name in self.dataset_names}
+        tasks = {
+            name: registry.get("task", registry.get("builder", name).EVAL_TASK).setup_task(self.run_cfg)
+            for name in datasets
+        }
+        for name, task in tasks.items():
+            check = getattr(task, "check_before_model", None)  # what a task can check without weights
+            if check is not None:
+                check(self.cfg.model_cfg, datasets[name])
         device = select_device(self.run_cfg.device)
         model = BaseTask.build_model(model_config_for(self.cfg.model_cfg, device)).to(device).eval()
         results = {}
         for name, dataset in datasets.items():
-            builder = registry.get("builder", name)
-            task = registry.get("task", builder.EVAL_TASK).setup_task(self.run_cfg)
-            results[name] = self._evaluate(name, task, model, dataset)
+            results[name] = self._evaluate(name, tasks[name], model, dataset)
         dist_utils.barrier()
         return results
 

@@ -38,6 +38,12 @@ def _weights_used(model_cfg) -> dict:
 
 @registry.register_task("feature_dump")
 class FeatureDumpTask(BaseTask):
+    @staticmethod
+    def check_before_model(model_cfg, dataset) -> None:
+        """The positions resolved against this dataset's instruction from the tokenizer alone:
+        one out of range stops the run naming the key before any weights load."""
+        registry.get("model", model_cfg.arch).feature_positions_before_loading(model_cfg, dataset.instruction)
+
     def open_writer(self, model, dataset, out_dir: Path, model_cfg, dataset_cfg) -> tuple[FeatureWriter, list[int]]:
         """Create (or resume) the output folder; returns the writer and this process's rows."""
         instruction = dataset.instruction

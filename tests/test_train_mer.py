@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import math
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 import minigpt4.datasets  # noqa: F401  (registers the builders)
+from minigpt4.common.config import Config
 from minigpt4.common.registry import registry
+from minigpt4.datasets.datasets import mer_dataset
 from minigpt4.datasets.errors import DataError
 from minigpt4.runners.runner_base import RunnerBase
 
@@ -82,6 +85,21 @@ def test_no_validation_clips_is_an_error(tiny_assets):
     builder = registry.get("builder", "feature_face_caption")(section(tiny_assets, eval_share=0.0))
     with pytest.raises(DataError, match="no eval clips; list validation clips in split_file or set eval_share"):
         builder.build("eval", 0)
+
+
+def test_annotation_is_read_and_checked_once_for_both_sides_of_the_split(tiny_assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("TINY_ASSETS", str(Path(tiny_assets["llama_dir"]).parent))
+    reads, checked = [], []
+    read_annotation, validate = mer_dataset.read_annotation, mer_dataset.MERDataset.validate
+    monkeypatch.setattr(mer_dataset, "read_annotation", lambda path: reads.append(path) or read_annotation(path))
+    monkeypatch.setattr(mer_dataset.MERDataset, "validate", lambda self: checked.append(len(self.rows)) or validate(self))
+    cfg = Config(Namespace(cfg_path=str(DEMO_MER_CFG), options=[f"run.output_dir={tmp_path}"]))
+    train, evaluation, _ = RunnerBase(cfg)._build_fold_datasets(0)
+    clips = all_clips(tiny_assets)
+    assert len(reads) == 1 and checked == [len(clips)]  # one pass over every clip, not one per side
+    # the sides still split the clips as configured: eval_share 0.25 of the 12
+    assert len(evaluation) == round(0.25 * len(clips)) and not set(train.names) & set(evaluation.names)
+    assert sorted(train.names + evaluation.names) == sorted(clips)
 
 
 def test_demo_mer_config_trains_an_epoch_and_validates_by_loss(tiny_assets, tmp_path, monkeypatch):

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
-from minigpt4.datasets.datasets.mer_dataset import MERDataset
+from minigpt4.datasets.datasets.mer_dataset import MERDataset, held_out_clips
 
 
 class MERBuilder(BaseDatasetBuilder):
@@ -21,9 +23,23 @@ class MERBuilder(BaseDatasetBuilder):
         """
         if fold not in (None, -1, 0):
             raise ValueError(f"{self.name} has one train/validation split, fold 0; got fold {fold}")
+        processor = self.vis_processor(split)
+        if fold != 0:
+            return self.validated.select("all", (), processor)
+        return self.validated.select(split, self.held_out, processor)
+
+    @cached_property
+    def held_out(self) -> set[str]:
+        """The validation clips of fold 0, drawn (or read from the split file) once per builder."""
+        split = self.config.split
+        return held_out_clips(self.validated.annotated_clips, split.file, split.eval_share, split.seed)
+
+    @cached_property
+    def validated(self) -> MERDataset:
+        """Every usable clip, its files checked once per builder, whatever sides of the split are taken."""
         cfg, info = self.config, self.config.build_info
         return MERDataset(
-            self.vis_processor(split),
+            self.vis_processor("all"),
             info.annotation,
             info.video_root,
             info.transcript,
@@ -35,10 +51,6 @@ class MERBuilder(BaseDatasetBuilder):
             labels=list(cfg.labels),
             question=cfg.question,
             on_error=cfg.on_error,
-            split=split if fold == 0 else "all",
-            split_file=cfg.split.file,
-            eval_share=cfg.split.eval_share,
-            split_seed=cfg.split.seed,
         )
 
 

@@ -7,22 +7,24 @@ streams, and the transcript CSV gives what the person says, quoted in the instru
 
 For fine-tuning with ``train.py`` the clips are split once into training and validation
 clips, by a split file or a seeded held-out share (:func:`held_out_clips`); evaluation
-with ``eval_emotion.py`` reads every clip.
+with ``eval_emotion.py`` reads every clip.  The files are checked once, for every clip;
+:meth:`MERDataset.select` takes either side of the split without checking them again.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
 
-from minigpt4.datasets.datasets.base_dataset import ClipDataset, check_files, check_unique, read_annotation_text
+from minigpt4.datasets.datasets.base_dataset import SPLITS, ClipDataset, check_files, check_unique, read_annotation_text
 from minigpt4.datasets.datasets.clip_inputs import read_vector
 from minigpt4.datasets.errors import BadClip, DataError
 from minigpt4.datasets.frames import ClipReadError, read_first_frame
@@ -93,8 +95,8 @@ def read_transcript(path: Path) -> dict[str, str]:
 
 
 class MERDataset(ClipDataset):
-    """The clips of ``split``: ``all`` of them, or the ``train`` / ``eval`` side of the
-    held-out split (``split_file``, or ``eval_share`` drawn with ``split_seed``).
+    """Every usable clip of the annotation (split ``all``); :meth:`select` gives the ``train`` /
+    ``eval`` side of the held-out split without checking the files again.
 
     Items: ``image`` [3, S, S], ``video_features`` float32 [3, D] (FaceMAE, VideoMAE, audio),
     ``instruction_input``, ``answer`` = ``label`` = the emotion, ``class_weight`` 1.0 (the
@@ -116,10 +118,6 @@ class MERDataset(ClipDataset):
         labels: Sequence[str],
         question: str,
         on_error: str = "raise",
-        split: str = "all",
-        split_file: str | Path = "",
-        eval_share: float = 0.0,
-        split_seed: int = 0,
     ):
         super().__init__(vis_processor, annotation, on_error)
         self.video_root = Path(video_root).expanduser()
@@ -133,17 +131,31 @@ class MERDataset(ClipDataset):
 
         self.sentences = read_transcript(self.transcript)
         self.rows = read_annotation(self.annotation)
+        # the held-out split is drawn from every annotated clip, so skipping a bad clip moves no other
+        self.annotated_clips = [row.clip for row in self.rows]
+        self._drop_bad_rows()
+        if not self.rows:
+            raise DataError(f"{self.annotation}: no usable clips")
+        self.split = "all"
+
+    def select(self, split: str, held_out: Collection[str], vis_processor: Callable) -> "MERDataset":
+        """The ``train`` clips (not ``held_out``), the ``eval`` clips (``held_out``) or ``all`` clips of
+        this ``all`` dataset, read through ``vis_processor``, without checking any file again."""
+        if self.split != "all":
+            raise ValueError(f"select() takes splits of an 'all' dataset, not of a {self.split!r} one")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+        subset = copy.copy(self)
+        subset.vis_processor = vis_processor
+        subset.split = split
         if split != "all":
-            held_out = held_out_clips([row.clip for row in self.rows], split_file, eval_share, split_seed)
-            self.rows = [row for row in self.rows if (row.clip in held_out) == (split == "eval")]
-            if not self.rows:
+            subset.rows = [row for row in self.rows if (row.clip in held_out) == (split == "eval")]
+            if not subset.rows:
                 raise DataError(
                     f"{self.annotation}: no {split} clips; list validation clips in split_file or set eval_share "
                     "so that both sides of the split hold clips"
                 )
-        self._drop_bad_rows()  # only the clips of this split are checked
-        if not self.rows:
-            raise DataError(f"{self.annotation}: no usable clips")
+        return subset
 
     def video_file(self, clip: str) -> Path | None:
         """``<clip>.mp4``, else ``<clip>.avi``, else None."""

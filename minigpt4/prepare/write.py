@@ -107,7 +107,7 @@ class ClipOutput:
             raise RuntimeError(f"clip {self.clip!r}: {self.count} of {len(self.faces)} faces written")
         self.faces.flush()
         del self.faces  # closes the memory map before the file moves
-        save_png(self.tmp / "images" / f"{self.clip}_peak_frame.png", peak_image)
+        save_png(self.tmp / "images" / self.layout.peak_frame(self.clip).name, peak_image)
         moves = {
             self.tmp / "face_frames": self.layout.face_frames / self.clip,
             self.tmp / "faces.npy": self.layout.face_arrays / f"{self.clip}.npy",

@@ -111,6 +111,8 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummar
                 raise
             logger.warning("skipped: %s", exc)
             summary.skipped.append((exc.clip, exc.path, exc.problem))
+    with contextlib.suppress(OSError):  # the clips' scratch folder, empty once every clip is in place
+        (layout.root / ".tmp").rmdir()
     done = [plan for plan in plans if layout.is_done(plan.clip)]
     write_annotation(layout, [{"uuid": plan.clip, **plan.labels} for plan in done])
     if cfg.skip_bad:

@@ -163,6 +163,21 @@ class LoadReport:
         return "; ".join(parts)
 
 
+def group_by_prefix(prefixes: Iterable[str]) -> Callable[[str], str]:
+    """A ``group_of`` for :meth:`LoadReport.summary`: a name under one of ``prefixes`` counts
+    under that prefix (without its trailing ``.`` or ``_``, so ``decoder_blocks.0.x`` is
+    ``decoder``), any other name under its top module."""
+    ordered = sorted(prefixes, key=len, reverse=True)  # the most specific prefix names the group
+
+    def group_of(name: str) -> str:
+        for prefix in ordered:
+            if name.startswith(prefix):
+                return prefix.rstrip("._")
+        return name.split(".")[0]
+
+    return group_of
+
+
 def apply_state_dict(
     module: torch.nn.Module,
     state_dict: dict[str, torch.Tensor],

@@ -17,6 +17,7 @@ import torch
 
 from minigpt4.datasets.errors import DataError
 from minigpt4.datasets.shards.pack import pack_hcmw
+from minigpt4.runners.runner_base import RunnerBase
 from minigpt4.tasks.feature_dump import FeatureDumpTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,12 +162,28 @@ def test_training_from_shards_in_index_order_matches_training_from_folders(shard
     assert from_shards_["history"][0]["train_loss"] == pytest.approx(folders["history"][0]["train_loss"], rel=1e-6)
 
 
-def test_shuffled_training_from_shards_repeats_with_the_same_seed(shards, tmp_path, assets):
-    options = ("run.max_epoch=1", "run.batch_size_train=4", f"{TRAIN}.shuffle_buffer=6", from_shards(shards, TRAIN))
+def test_shuffled_training_from_shards_repeats_and_resumes_exactly_at_an_epoch_boundary(
+    shards, tmp_path, assets, monkeypatch
+):
+    """The same seed gives the same run; killed after epoch 0 and resumed, it ends the same too:
+    each epoch's stream depends only on (seed, fold, epoch)."""
+    options = ("run.max_epoch=2", "run.batch_size_train=4", f"{TRAIN}.shuffle_buffer=6", from_shards(shards, TRAIN))
     train(tmp_path / "a", *options)
-    train(tmp_path / "b", *options)
+
+    save_last = RunnerBase._save_last
+
+    def save_then_die(self, *args, **kwargs):
+        save_last(self, *args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(RunnerBase, "_save_last", save_then_die)
+    with pytest.raises(Killed):
+        train(tmp_path / "b", *options)
+    monkeypatch.setattr(RunnerBase, "_save_last", save_last)
+    train(tmp_path / "b", *options, f"run.resume_ckpt_path={tmp_path / 'b' / 'fold_1' / 'checkpoint_last.pth'}")
+
     histories = [json.loads((tmp_path / side / "fold_1" / "metrics.json").read_text())["history"] for side in "ab"]
-    assert histories[0] == histories[1]
+    assert histories[0] == histories[1] and len(histories[0]) == 2
     weights = [trainable(tmp_path / side) for side in "ab"]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 

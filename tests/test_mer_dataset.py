@@ -1,5 +1,6 @@
 import csv
 import logging
+import unicodedata
 
 import av
 import numpy as np
@@ -301,3 +302,29 @@ def test_shipped_mer_configs_evaluate_as_upstream(name):
     assert cfg.run.max_new_tokens == 500
     for section in cfg.evaluation_datasets.values():
         assert "question" not in section  # the dataset default: the original's question
+
+
+@pytest.mark.parametrize("files_form, text_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_clip_names_and_file_names_are_compared_in_nfc(mer, files_form, text_form):
+    # macOS stores "é" decomposed (NFD); an annotation typed elsewhere holds it composed (NFC)
+    name = "café"
+    on_disk, in_text = (unicodedata.normalize(form, name) for form in (files_form, text_form))
+    assert on_disk != in_text
+    write_video(mer / "videos" / f"{on_disk}.avi")
+    vectors = {}
+    for folder in FEATURE_DIRS:
+        vectors[folder] = np.full(DIM, len(vectors) + 1, dtype=np.float32)
+        np.save(vector_file(mer, folder, on_disk), vectors[folder])
+    with (mer / "annotation.txt").open("a") as handle:
+        handle.write(f"{in_text} 3 happy\n")
+    with (mer / "transcript.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerow([in_text, "Nice place"])
+    (mer / "held_out.txt").write_text(f"{in_text}\n")
+    dataset = builder(mer, split={"file": str(mer / "held_out.txt")}).build("eval", 0)  # the split file too
+    nfc_name = unicodedata.normalize("NFC", name)
+    assert dataset.names == [nfc_name]
+    item = dataset[0]
+    assert item["video_id"] == nfc_name and "Nice place" in item["instruction_input"]
+    assert dataset.video_file(nfc_name).name == f"{on_disk}.avi"
+    for row, folder in enumerate(FEATURE_DIRS):
+        assert torch.equal(item["video_features"][row], torch.from_numpy(vectors[folder]))

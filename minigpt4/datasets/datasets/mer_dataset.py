@@ -4,6 +4,8 @@ The annotation is a text file with one clip per line, ``<name> <n_frames> <emoti
 Per clip: the first frame of ``<video_root>/<name>.mp4`` (or ``.avi``) is the image, three
 vectors ``<feature_root>/<dir>/<name>.npy`` (FaceMAE, VideoMAE, audio) are the feature
 streams, and the transcript CSV gives what the person says, quoted in the instruction.
+Names are compared in Unicode normal form C, as ``hcmw_caption`` and the encoder commands
+do, so a name written composed finds a file stored decomposed (as macOS writes names).
 
 For fine-tuning with ``train.py`` the clips are split once into training and validation
 clips, by a split file or a seeded held-out share (:func:`held_out_clips`); evaluation
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from minigpt4.datasets.datasets.base_dataset import SPLITS, ClipDataset, check_files, check_unique, read_annotation_text
-from minigpt4.datasets.datasets.clip_inputs import read_vector
+from minigpt4.datasets.datasets.clip_inputs import find_nfc, nfc, read_vector
 from minigpt4.datasets.errors import BadClip, DataError
 from minigpt4.datasets.frames import ClipReadError, read_first_frame
 
@@ -48,7 +50,7 @@ def held_out_clips(clips: Sequence[str], split_file: str | Path, eval_share: flo
     """
     if split_file:
         path = Path(split_file).expanduser()
-        listed = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        listed = {nfc(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
         unknown = sorted(listed - set(clips))
         if unknown:
             raise DataError(f"{path}: clip(s) not in the annotation: {', '.join(unknown[:20])}")
@@ -75,7 +77,7 @@ def read_annotation(path: Path) -> list[MERRow]:
             continue
         if len(fields) < 3:
             raise DataError(f"{path} line {number}: expected '<name> <n_frames> <emotion> ...', got {line!r}")
-        rows.append(MERRow(fields[0], fields[2]))
+        rows.append(MERRow(nfc(fields[0]), fields[2]))
     check_unique([row.clip for row in rows], path)
     return rows
 
@@ -91,7 +93,7 @@ def read_transcript(path: Path) -> dict[str, str]:
         sentence = next((column for column in SENTENCE_COLUMNS if column in columns), None)
         if sentence is None:
             raise DataError(f"{path}: no column {' or '.join(map(repr, SENTENCE_COLUMNS))}; columns found: {found}")
-        return {(record["name"] or "").strip(): (record[sentence] or "").strip() for record in reader}
+        return {nfc((record["name"] or "").strip()): (record[sentence] or "").strip() for record in reader}
 
 
 class MERDataset(ClipDataset):
@@ -159,11 +161,11 @@ class MERDataset(ClipDataset):
 
     def video_file(self, clip: str) -> Path | None:
         """``<clip>.mp4``, else ``<clip>.avi``, else None."""
-        candidates = (self.video_root / f"{clip}{suffix}" for suffix in VIDEO_SUFFIXES)
+        candidates = (find_nfc(self.video_root / f"{clip}{suffix}") for suffix in VIDEO_SUFFIXES)
         return next((path for path in candidates if path.is_file()), None)
 
     def vector_files(self, clip: str) -> list[Path]:
-        return [folder / f"{clip}.npy" for folder in self.vector_dirs]
+        return [find_nfc(folder / f"{clip}.npy") for folder in self.vector_dirs]
 
     def check_row(self, row: MERRow) -> list[BadClip]:
         bad = []

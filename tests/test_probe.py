@@ -17,6 +17,8 @@ from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1
 
 from minigpt4.probe.__main__ import main
 from minigpt4.probe.config import ProbeConfig, ProbeConfigError, load_config
+from minigpt4.probe.dump import Dump
+from minigpt4.probe.feature_sets import enumerate_sets, load_set
 from minigpt4.probe.fitting import fit_held_out_fold
 from minigpt4.probe.labels import ProbeInputError
 from minigpt4.probe.metrics import METRICS, fold_metrics
@@ -331,3 +333,24 @@ def test_shipped_configs_load(monkeypatch):
     for name in ("probe_mw.yaml", "demo_probe.yaml"):
         cfg = load_config(ROOT / "eval_configs" / name)
         assert cfg.dump_dir and cfg.annotation
+
+
+def test_a_per_clip_dump_gives_the_stacked_dumps_sets(tmp_path):
+    root, (names, _, _, arrays) = tmp_path, synthetic(n_per_fold=12)  # 36 clips: two chunks of the image mean
+    stacked = Dump(write_dump(root / "stacked", names, arrays))
+    per_clip = write_dump(root / "per_clip", names, {})
+    manifest = json.loads((per_clip / "manifest.json").read_text())
+    for kind, array in arrays.items():
+        (per_clip / kind).mkdir()
+        for name, row in zip(names, array):
+            np.save(per_clip / kind / f"{name}.npy", row.astype(np.float16))
+    manifest["files"] = {kind: {"path": f"{kind}/<clip>.npy", "shape": list(a.shape[1:])} for kind, a in arrays.items()}
+    (per_clip / "manifest.json").write_text(json.dumps(dict(manifest, layout="per_clip")))
+    per_clip = Dump(per_clip)
+    every = {s.name: s for s in enumerate_sets(stacked, list(arrays), [])}
+    assert [s.name for s in enumerate_sets(per_clip, list(arrays), [])] == list(every)
+    for feature_set in every.values():
+        np.testing.assert_array_equal(load_set(per_clip, feature_set, every), load_set(stacked, feature_set, every))
+    # the image mean is the mean over the tokens, a chunk of rows at a time
+    tokens = arrays["image_projected_features"].astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(load_set(stacked, every["image_mean"], every), tokens.mean(1), atol=1e-6)

@@ -18,7 +18,6 @@ The same conventions as the FaceMAE / VideoMAE extraction (:mod:`encoder_extract
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from minigpt4.common.atomic_io import save_npy_atomic
 from minigpt4.datasets.audio_track import read_audio_track
-from minigpt4.datasets.errors import SKIPPED_REPORT, write_skipped_report
+from minigpt4.datasets.errors import write_skipped_report
 from minigpt4.datasets.frames import ClipReadError, clip_name
 from minigpt4.features.encoder_extract import (
     ExtractionSummary,
@@ -39,11 +38,11 @@ from minigpt4.features.encoder_extract import (
     _one_input_per_clip,
     check_counts,
     encoder_settings,
+    open_output,
+    readable_items,
 )
-from minigpt4.features.writer import check_output_fingerprint, record_output_fingerprint
+from minigpt4.features.writer import check_output_fingerprint
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,21 +132,7 @@ def extract_audio_features(
     replace = check_output_fingerprint(output_dir, settings, overwrite)
     summary = ExtractionSummary(clips_given=len(clips))
     jobs, bad = _plan([Path(c) for c in clips], output_dir, encoder, replace, summary)
-    for exc in bad:
-        logger.error("%s", exc)
-    if bad and not skip_bad:
-        logger.error(
-            "%d of %d clips have no usable sound; nothing was written. Fix them, or skip them with "
-            "--skip-bad (skip_bad=True) to list them in %s",
-            len(bad),
-            len(clips),
-            output_dir / SKIPPED_REPORT,
-        )
-        raise bad[0]
-    summary.skipped.extend(bad)
-    record_output_fingerprint(output_dir, settings, replace)
-    if replace:
-        (output_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # the report of the replaced run
+    open_output(output_dir, settings, replace, bad, summary, skip_bad, problem="have no usable sound")
     encoder = encoder.to(device).eval()
     loader = DataLoader(
         _ClipAudioDataset(jobs, encoder.sample_rate),
@@ -158,15 +143,7 @@ def extract_audio_features(
     try:
         with tqdm(total=len(jobs), desc="HuBERT", unit="clip", disable=not progress) as bar:
             for batch in loader:
-                readable = []
-                for job, waveform, exc in batch:
-                    if exc is None:
-                        readable.append((job, waveform))
-                    elif skip_bad:
-                        logger.error("%s", exc)
-                        summary.skipped.append(exc)
-                    else:
-                        raise exc
+                readable = readable_items(batch, skip_bad, summary)
                 if readable:
                     frames = encoder([waveform for _, waveform in readable], max_windows_per_forward=batch_size)
                     for (job, _), clip_frames in zip(readable, frames, strict=True):  # [T, D]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,21 +205,7 @@ def _extract(
     replace = check_output_fingerprint(output_dir, settings, overwrite)
     summary = ExtractionSummary(frames_needed=frames_needed, clips_given=len(clips))
     jobs, bad = _plan([Path(c) for c in clips], output_dir, sample, summary, redo_all=replace)
-    for exc in bad:
-        logger.error("%s", exc)
-    if bad and not skip_bad:
-        logger.error(
-            "%d of %d clips cannot be read; nothing was written. Fix them, or skip them with "
-            "--skip-bad (skip_bad=True) to list them in %s",
-            len(bad),
-            len(clips),
-            output_dir / SKIPPED_REPORT,
-        )
-        raise bad[0]
-    summary.skipped.extend(bad)
-    record_output_fingerprint(output_dir, settings, replace)
-    if replace:
-        (output_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # the report of the replaced run
+    open_output(output_dir, settings, replace, bad, summary, skip_bad, problem="cannot be read")
     loader = DataLoader(
         _ClipFrameDataset(jobs, img_size),
         batch_size=batch_size,
@@ -228,15 +215,7 @@ def _extract(
     try:
         with tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress) as bar:
             for batch in loader:
-                readable = []
-                for job, pixels, exc in batch:
-                    if exc is None:
-                        readable.append((job, pixels))
-                    elif skip_bad:
-                        logger.error("%s", exc)
-                        summary.skipped.append(exc)
-                    else:
-                        raise exc
+                readable = readable_items(batch, skip_bad, summary)
                 if readable:
                     features = encode([pixels for _, pixels in readable])
                     for (job, _), feature in zip(readable, features, strict=True):
@@ -247,6 +226,53 @@ def _extract(
         if skip_bad:
             write_skipped_report(output_dir, summary.skipped)
     return summary
+
+
+def open_output(
+    output_dir: Path,
+    settings: dict,
+    replace: bool,
+    bad: list[ClipReadError],
+    summary: ExtractionSummary,
+    skip_bad: bool,
+    problem: str,
+) -> None:
+    """Once every clip is checked: stop with nothing written when some are ``bad`` (each
+    logged, ``problem`` says what they share) unless ``skip_bad``; then create the folder
+    and record its fingerprint (``replace``: the earlier run's files and report go)."""
+    for exc in bad:
+        logger.error("%s", exc)
+    if bad and not skip_bad:
+        logger.error(
+            "%d of %d clips %s; nothing was written. Fix them, or skip them with "
+            "--skip-bad (skip_bad=True) to list them in %s",
+            len(bad),
+            summary.clips_given,
+            problem,
+            output_dir / SKIPPED_REPORT,
+        )
+        raise bad[0]
+    summary.skipped.extend(bad)
+    record_output_fingerprint(output_dir, settings, replace)
+    if replace:
+        (output_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # the report of the replaced run
+
+
+def readable_items(
+    batch: Sequence[tuple[Any, Any, ClipReadError | None]], skip_bad: bool, summary: ExtractionSummary
+) -> list[tuple[Any, Any]]:
+    """The ``(job, data)`` of a loader batch whose clip decoded; a failure is skipped (logged
+    and counted) under ``skip_bad`` and raised otherwise."""
+    readable = []
+    for job, data, exc in batch:
+        if exc is None:
+            readable.append((job, data))
+        elif skip_bad:
+            logger.error("%s", exc)
+            summary.skipped.append(exc)
+        else:
+            raise exc
+    return readable
 
 
 def check_counts(**counts: int) -> None:

@@ -19,14 +19,7 @@ from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 from torch import nn
 
-from minigpt4.common.checkpoint_io import (
-    CheckpointError,
-    LoadReport,
-    apply_state_dict,
-    group_by_prefix,
-    load_checkpoint,
-    unwrap_state_dict,
-)
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, group_by_prefix, load_checkpoint, unwrap_state_dict
 from minigpt4.common.registry import registry
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -210,6 +211,28 @@ def test_backward_with_fresh_lora_still_gives_every_trainable_tensor_a_gradient(
     model = build_model(tiny_assets).train()
     model(make_samples(1, 6)).loss.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_llm_grad_checkpoint_recomputes_layers_for_the_same_gradients_without_deprecation(tiny_assets, model):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checkpointed = randomize_lora(build_model(tiny_assets, llm_grad_checkpoint=True))
+    assert not [w for w in caught if "deprecated" in str(w.message) and "checkpointing" in str(w.message)]
+    grads, calls = [], []
+    for net in (copy.deepcopy(model), checkpointed):
+        layer = net.llama_model.get_base_model().model.layers[0].self_attn  # inside the checkpointed layer
+        count = [0]
+        handle = layer.register_forward_hook(lambda *_, count=count: count.__setitem__(0, count[0] + 1))
+        net.train().zero_grad(set_to_none=True)
+        torch.manual_seed(3)  # the same dropout in both runs
+        net(make_samples(2, 6)).loss.backward()
+        handle.remove()
+        calls.append(count[0])
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.requires_grad})
+    assert calls == [1, 2]  # checkpointing runs the layer again in the backward pass
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 # --------------------------------------------------------------------------- features

@@ -117,7 +117,7 @@ def load_llm(
         )
     llm.requires_grad_(False)
     if grad_checkpoint:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

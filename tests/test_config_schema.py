@@ -133,9 +133,12 @@ def test_keys_that_pick_the_defaults_refuse_a_wrong_type_naming_the_key(tmp_path
         ("runner_base", "run.batch_size_eval=-2", "run.batch_size_eval: must be at least 1, got -2"),
         ("runner_base", "run.log_level=LOUD", "run.log_level: 'LOUD' is not one of DEBUG, INFO, WARNING, ERROR"),
         ("runner_base", "datasets.hcmw_caption.on_error=ignore", "datasets.hcmw_caption.on_error: 'ignore' is not one of raise, skip"),
+        # a registered processor, but one for captions: it cannot turn a peak frame into a tensor
+        ("runner_base", "datasets.hcmw_caption.vis_processor.eval.name=blip_caption",
+         "datasets.hcmw_caption.vis_processor.eval.name: 'blip_caption' is not one of blip2_image_eval, blip2_image_train"),
         ("runner_base", "datasets.hcmw_caption.positive_label=Maybe", "datasets.hcmw_caption.positive_label: 'Maybe' is not one of MW, NonMW"),
         ("runner_base", "datasets.hcmw_caption.answers.NonMW=mind wandering", "datasets.hcmw_caption.answers: the answer texts must be distinct"),
-        ("runner_base", "datasets.hcmw_caption.vis_processor.eval.name=resize", "datasets.hcmw_caption.vis_processor.eval.name: unknown processor"),
+        ("runner_base", "datasets.hcmw_caption.vis_processor.eval.name=resize", "datasets.hcmw_caption.vis_processor.eval.name: 'resize' is not one of blip2_image_eval, blip2_image_train"),
         ("runner_base", "datasets.hcmw_caption.vis_processor.eval.image_size=448",
          "datasets.hcmw_caption.vis_processor.eval.image_size: 448 differs from model.image_size 224"),
         ("runner_eval", "run.feature_dtype=float64", "run.feature_dtype: 'float64' is not one of float16, float32"),

@@ -111,6 +111,12 @@ def _vision_encoders(root: Mapping, parent: Mapping) -> tuple:
     return tuple(registry.names("encoder", builds=family))
 
 
+def _image_processors(root: Mapping, parent: Mapping) -> tuple:
+    # a dataset's vis_processor turns peak frames into tensors: a caption processor cannot
+    names = registry.names("processor")
+    return tuple(name for name in names if getattr(registry.get("processor", name), "takes", "") == "image")
+
+
 def _answer_codes(root: Mapping, parent: Mapping) -> tuple:
     return tuple(parent.get("answers") or ())
 
@@ -173,11 +179,10 @@ RULES: dict[str, Rule] = {
     "datasets.*.shuffle_buffer": Rule(minimum=NON_NEGATIVE),
     "datasets.*.labels": Rule(items=(str,)),
     "datasets.*.positive_label": Rule(choices_of=_answer_codes, depends="a key of answers"),
-    "datasets.*.vis_processor.*.name": Rule(registered="processor"),
+    "datasets.*.vis_processor.*.name": Rule(choices_of=_image_processors, depends="a registered image processor"),
     "datasets.*.vis_processor.*.image_size": Rule(minimum=POSITIVE),
     "datasets.*.vis_processor.*.min_scale": Rule(**FRACTION),
     "datasets.*.vis_processor.*.max_scale": Rule(**FRACTION),
-    "datasets.*.text_processor.*.name": Rule(registered="processor"),
 }
 
 

@@ -25,6 +25,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class _BlipImageProcessor(BaseProcessor):
     """PIL image -> float tensor [3, image_size, image_size], normalised."""
 
+    takes = "image"  # what config validation offers for a dataset's vis_processor
+
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: torch.nn.Module):
         self.image_size = image_size
         self.transform = transforms.Compose(
@@ -88,6 +90,8 @@ _SPACE_RUNS = re.compile(r"\s{2,}")
 @registry.register_processor("blip_caption")
 class BlipCaptionProcessor(BaseProcessor):
     """Normalise a caption: lower-case, drop punctuation, squeeze spaces, cap the word count."""
+
+    takes = "text"
 
     def __init__(self, prompt: str = "", max_words: int = 50):
         self.prompt = prompt

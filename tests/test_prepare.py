@@ -139,6 +139,20 @@ def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_pa
     assert not (folder / "out" / ".tmp" / "walk").exists()
 
 
+def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, tmp_path):
+    """The clip the default min_score (0.9) prepares is skipped when no confidence can reach min_score.
+
+    MTCNN scores the drawn face 0.97-0.9999 (float32), never exactly 1.0.
+    """
+    folder, default_run = moving_clip
+    assert default_run.prepared == 1
+    summary = prepare(config(tmp_path, folder / "videos", track__max_gap=3, skip_bad="true", detector__min_score=1.0))
+    assert summary.prepared == 0
+    (row,) = read_rows(tmp_path / "out" / "skipped.tsv", delimiter="\t")
+    assert row["clip"] == "walk" and row["reason"].startswith("no face found in any of 24 detection frames")
+    assert not (tmp_path / "out" / "face_frames" / "walk").exists()
+
+
 def test_mtcnn_finds_the_drawn_face_and_its_landmarks(sessions):
     face = sessions.DrawnFace(cy=100.0, cx=170.0, r=36.0)
     frame = sessions.render_frame(200, 300, [face])

@@ -17,7 +17,6 @@ this process's CPU time (what a core of its own would give when other jobs share
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -28,6 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import load_script
 from minigpt4.prepare.align import align_faces
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.decode import VideoSource
@@ -35,20 +38,10 @@ from minigpt4.prepare.detect import MTCNNDetector
 from minigpt4.prepare.run import prepare
 from minigpt4.prepare.write import ClipOutput, PreparedLayout
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tiny_sessions():
-    spec = importlib.util.spec_from_file_location("tiny_sessions", REPO_ROOT / "scripts" / "tiny_sessions.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 def write_test_video(path: Path, frames: int, height: int, width: int, fps: int) -> None:
     """A face of about 1/4 the frame height swaying left and right (at most 0.3 frame widths per second at 25 fps)."""
-    sessions = load_tiny_sessions()
+    sessions = load_script("tiny_sessions")
     rng = np.random.default_rng(0)
     images = []
     for t in range(frames):

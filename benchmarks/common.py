@@ -53,9 +53,9 @@ LLAMA2_7B = dict(
 # ---------------------------------------------------------------------------------- assets
 
 
-def load_tiny_assets_module():
-    """``scripts/make_tiny_assets.py`` as a module (``scripts/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_tiny_assets", REPO_ROOT / "scripts" / "make_tiny_assets.py")
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (``scripts/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -64,7 +64,7 @@ def load_tiny_assets_module():
 
 def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
     """The tiny weights and datasets of the tests and the demo, written under ``out_dir``."""
-    return load_tiny_assets_module().make_tiny_assets(Path(out_dir), seed=seed)
+    return load_script("make_tiny_assets").make_tiny_assets(Path(out_dir), seed=seed)
 
 
 def register_eva_g_depth(depth: int) -> str:

@@ -253,7 +253,7 @@ class MiniGPTBase(BaseModel):
         """
         visual_rank = layout.visual_mask.long().cumsum(-1) - 1  # [B, T] order in the visual slots
         num_image = self.layout.num_image_tokens
-        num_streams = self.layout.num_feature_tokens - 1  # the feature slot ends with CLS
+        num_streams = self.layout.num_streams
         is_visual = layout.visual_mask
         spans = {
             "image": is_visual & (visual_rank < num_image),

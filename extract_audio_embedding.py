@@ -15,11 +15,8 @@ from minigpt4.datasets.audio_track import AUDIO_SUFFIXES, is_audio_clip_entry
 from minigpt4.features.audio_extract import extract_audio_features
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
-    check_device,
-    check_output_path,
-    describe_summary,
     extraction_argument_parser,
-    list_clips,
+    run_extraction,
 )
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
@@ -42,24 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        device = check_device(args.device)
-        check_output_path(args.output)
-        clips = list_clips(args.input, exclude=args.output, is_entry=is_audio_clip_entry)
-        encoder = HubertAudioEncoder.from_pretrained(args.model_dir, args.layer, args.window_seconds)
-        summary = extract_audio_features(
-            encoder,
-            clips,
-            args.output,
-            feature_level=args.feature_level,
-            device=device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
+        summary = run_extraction(
+            args,
+            lambda: HubertAudioEncoder.from_pretrained(args.model_dir, args.layer, args.window_seconds),
+            extract_audio_features,
+            is_entry=is_audio_clip_entry,
         )
     except (*EXTRACTION_ERRORS, OSError) as exc:  # OSError: an unreadable model folder
         raise SystemExit(f"error: {exc}") from exc
-    print(describe_summary(summary, args.output))
+    print(summary)
     return 0
 
 

@@ -11,6 +11,7 @@ import sys
 from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
+    build_encoder,
     extract_video_mae_features,
     extraction_argument_parser,
     run_extraction,
@@ -29,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         summary = run_extraction(
-            args, VideoMAE, extract_video_mae_features, encoder_options={"fresh_fc_norm": args.fresh_fc_norm}
+            args,
+            lambda: build_encoder(
+                args.model, VideoMAE, args.checkpoint, args.trust_checkpoint, fresh_fc_norm=args.fresh_fc_norm
+            ),
+            extract_video_mae_features,
+            extract_options={"source": {"model": args.model}},
         )
     except EXTRACTION_ERRORS as exc:
         raise SystemExit(f"error: {exc}") from exc

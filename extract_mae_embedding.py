@@ -11,6 +11,7 @@ import sys
 from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
     EXTRACTION_ERRORS,
+    build_encoder,
     extract_face_mae_features,
     extraction_argument_parser,
     run_extraction,
@@ -36,10 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_extraction(
             args,
-            FaceMAE,
+            lambda: build_encoder(
+                args.model,
+                FaceMAE,
+                args.checkpoint,
+                args.trust_checkpoint,
+                global_pool=args.global_pool,
+                fresh_fc_norm=args.fresh_fc_norm,
+            ),
             extract_face_mae_features,
-            encoder_options={"global_pool": args.global_pool, "fresh_fc_norm": args.fresh_fc_norm},
-            extract_options={"max_frames": args.max_frames, "frames_per_forward": args.frames_per_forward},
+            extract_options={
+                "source": {"model": args.model},
+                "max_frames": args.max_frames,
+                "frames_per_forward": args.frames_per_forward,
+            },
         )
     except EXTRACTION_ERRORS as exc:
         raise SystemExit(f"error: {exc}") from exc

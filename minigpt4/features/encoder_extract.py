@@ -492,18 +492,20 @@ def check_output_path(output: str | os.PathLike) -> None:
 
 def run_extraction(
     args: argparse.Namespace,
-    family: type[torch.nn.Module],
+    build: Callable[[], torch.nn.Module],
     extract: Callable[..., "ExtractionSummary"],
-    encoder_options: dict | None = None,
+    *,
+    is_entry: Callable[[Path], bool] = is_clip_entry,
     extract_options: dict | None = None,
 ) -> str:
-    """What both extraction commands do once parsed: build the encoder, extract every clip of
-    ``args.input`` into ``args.output``, and return the summary line.  The options are
-    checked before the encoder is built, and nothing is written before every clip is."""
+    """What every extraction command does once parsed: ``build`` the encoder, extract every
+    clip of ``args.input`` (the entries ``is_entry`` accepts) into ``args.output``, and return
+    the summary line.  The options are checked before the encoder is built, and nothing is
+    written before every clip is."""
     device = check_device(args.device)
     check_output_path(args.output)
-    clips = list_clips(args.input, exclude=args.output)
-    model = build_encoder(args.model, family, args.checkpoint, args.trust_checkpoint, **(encoder_options or {}))
+    clips = list_clips(args.input, exclude=args.output, is_entry=is_entry)
+    model = build()
     summary = extract(
         model,
         clips,
@@ -514,7 +516,6 @@ def run_extraction(
         num_workers=args.num_workers,
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
-        source={"model": args.model},
         **(extract_options or {}),
     )
     return describe_summary(summary, args.output)

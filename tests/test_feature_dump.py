@@ -31,6 +31,8 @@ from minigpt4.processors.blip_processors import Blip2ImageEvalProcessor
 from minigpt4.tasks.base_task import BaseTask
 from minigpt4.tasks.feature_dump import FeatureDumpTask
 
+from killed_dump import Killed, die_after_batches
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CFG = ROOT / "eval_configs" / "demo.yaml"
 DATASET = "evaluation_datasets.hcmw_caption"
@@ -319,22 +321,10 @@ def test_truncated_prefix_equals_the_full_forward_at_every_position(float32_dump
 # ------------------------------------------------------------------------------ resume and refusal
 
 
-class Killed(Exception):
-    """Stands for the run being killed between two batches."""
-
-
 def test_interrupted_run_resumes_and_ends_identical_to_an_uninterrupted_one(clean_dump, tmp_path, monkeypatch):
     out = tmp_path / "features"
     step = FeatureDumpTask.step
-    batches_done = []
-
-    def step_then_die(model, batch, writer):
-        if len(batches_done) == 2:
-            raise Killed
-        step(model, batch, writer)
-        batches_done.append(batch["row"])
-
-    monkeypatch.setattr(FeatureDumpTask, "step", staticmethod(step_then_die))
+    die_after_batches(monkeypatch, 2)
     with pytest.raises(Killed):
         dump(out)
     assert json.loads((out / "manifest.json").read_text())["complete"] is False

@@ -20,6 +20,8 @@ from minigpt4.datasets.shards.pack import pack_hcmw
 from minigpt4.runners.runner_base import RunnerBase
 from minigpt4.tasks.feature_dump import FeatureDumpTask
 
+from killed_dump import Killed, die_after_batches
+
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_CFG, TRAIN_CFG = ROOT / "eval_configs" / "demo.yaml", ROOT / "train_configs" / "demo.yaml"
 PATTERN = "hcmw-{000000..000004}.tar"  # 24 clips in shards of 5
@@ -110,20 +112,9 @@ def test_dump_from_shards_equals_the_folder_dump_byte_for_byte(folder_dump, shar
     assert outputs(out) == outputs(folder_dump)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_a_killed_dump_from_shards_resumes_and_ends_identical(folder_dump, shards, tmp_path, monkeypatch):
-    out, step, batches = tmp_path / "features", FeatureDumpTask.step, []
-
-    def step_then_die(model, batch, writer):
-        if len(batches) == 2:
-            raise Killed
-        step(model, batch, writer)
-        batches.append(batch["row"])
-
-    monkeypatch.setattr(FeatureDumpTask, "step", staticmethod(step_then_die))
+    out, step = tmp_path / "features", FeatureDumpTask.step
+    die_after_batches(monkeypatch, 2)
     with pytest.raises(Killed):
         dump(out, from_shards(shards, DUMP))
     monkeypatch.setattr(FeatureDumpTask, "step", staticmethod(step))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load_script
+from benchmarks.common import load_script, machine_info
 from minigpt4.prepare.align import align_faces
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.decode import VideoSource
@@ -119,8 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="torch threads")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {args.device}, load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine_info(args.device)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "videos").mkdir()

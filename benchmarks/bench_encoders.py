@@ -21,6 +21,7 @@ import multiprocessing
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,19 +114,33 @@ def run_one(family: str, args: argparse.Namespace) -> Result:
             frames = rng.integers(0, 256, size=(args.frames_per_clip, side, side, 3), dtype=np.uint8)
             np.save(tmp / f"clip_{i:04d}.npy", frames)
             clips.append(tmp / f"clip_{i:04d}.npy")
-        options = {"device": device, "batch_size": args.batch_size, "num_workers": args.num_workers, "progress": False}
-        extract(model, clips[: args.batch_size], tmp / "warmup", **options)  # kernels, allocator, page cache
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        extract(model, clips, tmp / "out", **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds = timed_extraction(extract, model, clips, clips[: args.batch_size], tmp, device, args)
     peak, kind = peak_memory_mib(device)
     length = f"{args.frames_per_clip} frames"
     return Result(preset[family], str(device), args.batch_size, args.clips, length, seconds, peak, kind)
+
+
+def timed_extraction(
+    extract: Callable,
+    encoder: torch.nn.Module,
+    clips: list[Path],
+    warmup: list[Path],
+    tmp: Path,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> float:
+    """Seconds ``extract`` takes for ``clips`` after a run on ``warmup`` (kernels, allocator,
+    page cache); a GPU's peak memory is counted from after the warm-up."""
+    options = {"device": device, "batch_size": args.batch_size, "num_workers": args.num_workers, "progress": False}
+    extract(encoder, warmup, tmp / "warmup", **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    extract(encoder, clips, tmp / "out", **options)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def run_audio(args: argparse.Namespace, device: torch.device) -> Result:
@@ -134,16 +149,7 @@ def run_audio(args: argparse.Namespace, device: torch.device) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clips = [write_noise_wav(tmp / f"clip_{i:04d}.wav", args.audio_seconds, rng) for i in range(args.clips)]
-        options = {"device": device, "batch_size": args.batch_size, "num_workers": args.num_workers, "progress": False}
-        extract_audio_features(encoder, clips[:1], tmp / "warmup", **options)  # kernels, allocator, page cache
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        extract_audio_features(encoder, clips, tmp / "out", **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds = timed_extraction(extract_audio_features, encoder, clips, clips[:1], tmp, device, args)
     peak, kind = peak_memory_mib(device)
     name = f"hubert_{'large' if args.preset == 'full' else 'tiny'}"
     return Result(name, str(device), args.batch_size, args.clips, f"{args.audio_seconds:g} s", seconds, peak, kind)

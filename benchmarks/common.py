@@ -29,6 +29,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from minigpt4.common import text_table
 from minigpt4.common.registry import registry
 from minigpt4.models.eva_vit import EVA_VARIANTS, build_eva_vit
 
@@ -280,18 +281,9 @@ def _cpu_model() -> str:
 
 
 def format_table(rows: Sequence[Mapping], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A plain-text table; ``columns`` are (header, key, format spec) triples."""
-    cells = [[header for header, _, _ in columns]]
-    for row in rows:
-        cells.append([_cell(row.get(key), spec) for _, key, spec in columns])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    # the first column (names) left-aligned, the numbers right-aligned
-    lines = [
-        "  ".join([line[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(line[1:], widths[1:]))])
-        for line in cells
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    """The project's plain-text table of ``rows``; ``columns`` are (header, key, format spec) triples."""
+    cells = [[_cell(row.get(key), spec) for _, key, spec in columns] for row in rows]
+    return text_table.format_table([header for header, _, _ in columns], cells, rule=True)
 
 
 def _cell(value, spec: str) -> str:

@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from minigpt4.datasets.errors import SKIPPED_REPORT
+from minigpt4.features.writer import MANIFEST, NAMES
 from minigpt4.probe.labels import ProbeInputError
 
 CHUNK_ROWS = 32  # rows averaged per mapping when pooling image tokens
@@ -19,16 +21,16 @@ CHUNK_ROWS = 32  # rows averaged per mapping when pooling image tokens
 class Dump:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        manifest_path = self.folder / "manifest.json"
+        manifest_path = self.folder / MANIFEST
         if not manifest_path.is_file():
-            raise ProbeInputError(f"probe.dump_dir: {self.folder} holds no manifest.json; is it a feature dump folder?")
+            raise ProbeInputError(f"probe.dump_dir: {self.folder} holds no {MANIFEST}; is it a feature dump folder?")
         self.manifest = json.loads(manifest_path.read_text())
         if not self.manifest.get("complete"):
             raise ProbeInputError(f"{manifest_path}: the dump is not complete; rerun the dump to finish it")
-        self.names = (self.folder / "names.txt").read_text().splitlines()
+        self.names = (self.folder / NAMES).read_text().splitlines()
         if len(self.names) != self.manifest["rows"]:
             raise ProbeInputError(
-                f"{self.folder / 'names.txt'} lists {len(self.names)} clips, the manifest {self.manifest['rows']} rows"
+                f"{self.folder / NAMES} lists {len(self.names)} clips, the manifest {self.manifest['rows']} rows"
             )
         self.layout = self.manifest.get("layout", "stacked")
         self.files = self.manifest["files"]
@@ -61,7 +63,7 @@ class Dump:
 
     def left_out(self) -> list[str]:
         """Clips the dump skipped on purpose (``on_error: skip``), from its skipped.tsv."""
-        report = self.folder / "skipped.tsv"
+        report = self.folder / SKIPPED_REPORT
         if not report.is_file():
             return []
         with report.open(newline="") as handle:

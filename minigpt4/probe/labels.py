@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from minigpt4.datasets.datasets.hcmw_dataset import LABELS, read_annotation
+from minigpt4.features.writer import NAMES
 
 MW = LABELS[0]  # the positive class
 SHOWN = 20  # clips listed one by one in an error; the rest are counted
@@ -42,7 +43,7 @@ def align_labels(names: Sequence[str], annotation: str | Path, dump_dir: Path, l
     problems = []
     missing = [clip for clip in rows if clip not in set(names) and clip not in set(left_out)]
     if missing:
-        problems.append(f"{len(missing)} annotated clip(s) have no row in {dump_dir / 'names.txt'}: {_listed(missing)}")
+        problems.append(f"{len(missing)} annotated clip(s) have no row in {dump_dir / NAMES}: {_listed(missing)}")
     extra = [name for name in names if name not in rows]
     if extra:
         problems.append(f"{len(extra)} dumped clip(s) are not in {annotation}: {_listed(extra)}")

@@ -149,7 +149,7 @@ def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, t
     summary = prepare(config(tmp_path, folder / "videos", track__max_gap=3, skip_bad="true", detector__min_score=1.0))
     assert summary.prepared == 0
     (row,) = read_rows(tmp_path / "out" / "skipped.tsv", delimiter="\t")
-    assert row["clip"] == "walk" and row["reason"].startswith("no face found in any of 24 detection frames")
+    assert row["clip"] == "walk" and row["problem"].startswith("no face found in any of 24 detection frames")
     assert not (tmp_path / "out" / "face_frames" / "walk").exists()
 
 
@@ -318,7 +318,7 @@ def test_bad_clips_are_listed_and_good_ones_written(mixed_folder, tmp_path, sess
     labels.write_text("clip,mw_label,test_fold_num\n" + "".join(f"{n},MW,{i % 2}\n" for i, n in enumerate(names)), encoding="utf-8")
     summary = prepare(config(tmp_path, mixed_folder / "videos", skip_bad="true", input__labels=labels))
     out = tmp_path / "out"
-    reasons = {row["clip"]: row["reason"] for row in read_rows(out / "skipped.tsv", delimiter="\t")}
+    reasons = {row["clip"]: row["problem"] for row in read_rows(out / "skipped.tsv", delimiter="\t")}
     assert sorted(reasons) == ["audio_only", "corrupt", "empty", "few_faces", "no_face"]
     assert "no video stream" in reasons["audio_only"] and "audio" in reasons["audio_only"]
     assert "unreadable video" in reasons["corrupt"]

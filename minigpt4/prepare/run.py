@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from minigpt4.common.atomic_io import write_text_atomic
+from minigpt4.datasets.errors import BadClip, write_skipped_report
 from minigpt4.datasets.frames import ClipReadError
 from minigpt4.prepare.align import align_faces
 from minigpt4.prepare.config import PeakImage, PeakRule, PrepareConfig
@@ -35,7 +36,7 @@ from minigpt4.prepare.decode import VideoSource
 from minigpt4.prepare.detect import FaceDetector, build_detector
 from minigpt4.prepare.peak import PeakError, choose_peak, expression_thumbnails
 from minigpt4.prepare.track import FaceStatus, FaceTrack, follow_face
-from minigpt4.prepare.write import ClipOutput, PreparedLayout, write_annotation, write_skipped
+from minigpt4.prepare.write import ClipOutput, PreparedLayout, write_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 class PrepareSummary:
     prepared: int = 0  # clips written by this run
     already_present: int = 0  # clips done by an earlier run, left untouched
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (clip, file, reason)
+    skipped: list[BadClip] = field(default_factory=list)
     frames_decoded: int = 0  # frames kept from the clips' windows (after sampling)
     frames_detected: int = 0  # frames the detector ran on
     frames_written: int = 0  # aligned faces written
@@ -99,8 +100,8 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummar
         plans = list_clip_videos(cfg.input.videos, cfg.input.labels)
     jobs = _plan(plans, cfg, layout, summary)
     if summary.skipped and not cfg.skip_bad:
-        clip, file, reason = summary.skipped[0]
-        raise ClipReadError(clip, file, f"{reason} (nothing was written; set skip_bad: true to skip such clips)")
+        clip, file, problem = summary.skipped[0]
+        raise ClipReadError(clip, file, f"{problem} (nothing was written; set skip_bad: true to skip such clips)")
     detector = detector or build_detector(cfg.detector)
     layout.root.mkdir(parents=True, exist_ok=True)
     for job in tqdm(jobs, desc="prepare", unit="clip", disable=not cfg.progress):
@@ -110,13 +111,13 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummar
             if not cfg.skip_bad:
                 raise
             logger.warning("skipped: %s", exc)
-            summary.skipped.append((exc.clip, exc.path, exc.problem))
+            summary.skipped.append(BadClip(exc.clip, str(exc.path), exc.problem))
     with contextlib.suppress(OSError):  # the clips' scratch folder, empty once every clip is in place
         (layout.root / ".tmp").rmdir()
     done = [plan for plan in plans if layout.is_done(plan.clip)]
     write_annotation(layout, [{"uuid": plan.clip, **plan.labels} for plan in done])
     if cfg.skip_bad:
-        write_skipped(layout, summary.skipped)
+        write_skipped_report(layout.root, summary.skipped)
     summary.seconds = time.perf_counter() - start
     write_text_atomic(layout.summary, _summary_json(summary))
     if cfg.encoders.run:
@@ -141,13 +142,13 @@ def _plan(plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, sum
                 sources[plan.video] = exc
         source = sources[plan.video]
         if isinstance(source, ClipReadError):
-            summary.skipped.append((plan.clip, str(plan.video), source.problem))
+            summary.skipped.append(BadClip(plan.clip, str(plan.video), source.problem))
             continue
         if cfg.input.segments is not None:
             check_window(plan, source.duration, cfg.input.segments)
         indices = select_frames(source.timestamps, plan.start_s, plan.end_s, cfg.sampling.fps)
         if indices.size == 0:
-            summary.skipped.append((plan.clip, str(plan.video), "the clip's window holds no frame"))
+            summary.skipped.append(BadClip(plan.clip, str(plan.video), "the clip's window holds no frame"))
             continue
         jobs.append(_ClipJob(plan, source, indices))
     return jobs
@@ -254,6 +255,6 @@ def _report(
 
 def _summary_json(summary: PrepareSummary) -> str:
     data = asdict(summary)
-    data["skipped"] = [dict(zip(("clip", "file", "reason"), row)) for row in summary.skipped]
+    data["skipped"] = [bad._asdict() for bad in summary.skipped]
     data["mean_coverage"] = float(np.mean(summary.coverage)) if summary.coverage else None
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"

@@ -62,10 +62,6 @@ class PreparedLayout:
         return self.root / "annotations.csv"
 
     @property
-    def skipped(self) -> Path:
-        return self.root / "skipped.tsv"
-
-    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -140,13 +136,9 @@ def write_annotation(layout: PreparedLayout, rows: list[dict[str, str]]) -> None
     write_text_atomic(layout.annotation, _csv_text(columns, [[row.get(c, "") for c in columns] for row in rows]))
 
 
-def write_skipped(layout: PreparedLayout, skipped: list[tuple[str, str, str]]) -> None:
-    write_text_atomic(layout.skipped, _csv_text(["clip", "file", "reason"], skipped, delimiter="\t"))
-
-
-def _csv_text(header: list[str], rows: list, delimiter: str = ",") -> str:
+def _csv_text(header: list[str], rows: list) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()

@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from minigpt4.datasets.datasets.hcmw_dataset import LABELS, read_annotation
+from minigpt4.datasets.errors import SHOWN_IN_MESSAGE
 from minigpt4.features.writer import NAMES
 
 MW = LABELS[0]  # the positive class
-SHOWN = 20  # clips listed one by one in an error; the rest are counted
 
 
 class ProbeInputError(ValueError):
@@ -29,8 +29,8 @@ class RowLabels:
 
 
 def _listed(clips: Sequence[str]) -> str:
-    shown = ", ".join(clips[:SHOWN])
-    return shown + (f" ... and {len(clips) - SHOWN} more" if len(clips) > SHOWN else "")
+    shown = ", ".join(clips[:SHOWN_IN_MESSAGE])
+    return shown + (f" ... and {len(clips) - SHOWN_IN_MESSAGE} more" if len(clips) > SHOWN_IN_MESSAGE else "")
 
 
 def align_labels(names: Sequence[str], annotation: str | Path, dump_dir: Path, left_out: Sequence[str] = ()) -> RowLabels:

@@ -209,12 +209,16 @@ class FeatureWriter:
             done_path = self.out_dir / PROGRESS
             self._done = np.load(done_path, mmap_mode="r+") if done_path.exists() else None
         rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-        mine = list(range(rank, len(self.names), world))
-        batches = [mine[start : start + self.batch_size] for start in range(0, len(mine), self.batch_size)]
-        todo = [row for batch in batches if not all(self.is_done(row) for row in batch) for row in batch]
+        todo = self.rows_to_do(list(range(rank, len(self.names), world)))
         if dist_utils.is_main_process():
             self._log_progress()
         return todo
+
+    def rows_to_do(self, mine: Sequence[int]) -> list[int]:
+        """The rows of every batch of ``mine`` (cut into ``batch_size`` pieces) not yet all on
+        disk: whole batches, so a rerun computes each row in the batch it had."""
+        batches = [mine[start : start + self.batch_size] for start in range(0, len(mine), self.batch_size)]
+        return [row for batch in batches if not all(self.is_done(row) for row in batch) for row in batch]
 
     def _log_progress(self) -> None:
         done = sum(self.is_done(row) for row in range(len(self.names)))

@@ -94,9 +94,7 @@ class RunnerEval:
         rows_of_rank = getattr(dataset, "rows_of_rank", None)
         if rows_of_rank is not None:  # shards: a rank takes a contiguous run of batches, so opens only their shards
             mine = rows_of_rank(dist_utils.get_rank(), dist_utils.get_world_size(), self.run_cfg.batch_size)
-            batches = [mine[start:start + self.run_cfg.batch_size] for start in range(0, len(mine), self.run_cfg.batch_size)]
-            # whole batches, as the writer resumes: a rerun computes each row in the batch it had
-            rows = [row for batch in batches if not all(writer.is_done(row) for row in batch) for row in batch]
+            rows = writer.rows_to_do(mine)
         # Only once the writer has accepted the folder: a refused rerun keeps the earlier report.
         if dist_utils.is_main_process():
             if dataset.skipped:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders.base_builder import BaseDatasetBuilder
 from minigpt4.datasets.datasets.hcmw_dataset import NO_FOLD, HCMWDataset
+from minigpt4.datasets.folds import check_participant_folds
 from minigpt4.datasets.shards.hcmw_shards import HCMWShardDataset, HCMWShardStream
+
+logger = logging.getLogger(__name__)
 
 
 @registry.register_builder("hcmw_caption")
@@ -28,10 +32,24 @@ class HCMWBuilder(BaseDatasetBuilder):
         """
         if fold is None:
             fold = NO_FOLD if split == "all" else self.config.fold
+        if fold != NO_FOLD:
+            _ = self.fold_warning  # folds are read: the participant check runs (once per builder)
         dataset = self.validated.select(split, fold, self.vis_processor(split))
         if split == "train" and self.config.build_info.shards:  # training streams shards (WebDataset)
             return HCMWShardStream(dataset, self.config.shuffle_buffer)
         return dataset
+
+    @cached_property
+    def fold_warning(self) -> str | None:
+        """A participant whose clips lie in two folds stops the run (one line naming them)
+        unless ``allow_split_participants``; then that line, logged, is for the run's report."""
+        warning = check_participant_folds(
+            self.validated.rows, self.validated.annotation, "allow_split_participants",
+            self.config.allow_split_participants,
+        )
+        if warning:
+            logger.warning("%s", warning)
+        return warning
 
     @cached_property
     def validated(self) -> HCMWDataset:

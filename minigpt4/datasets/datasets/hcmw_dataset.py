@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -33,6 +34,10 @@ from minigpt4.datasets.errors import BadClip, DataError
 
 LABELS = ("MW", "NonMW")  # CSV codes, in the order candidate answers are listed
 REQUIRED_COLUMNS = ("uuid", "mw_label", "test_fold_num")
+# Who and when (SPEC section 12), written by minigpt4.prepare; optional: an annotation with
+# only the required columns works everywhere, and only the probe's context sets, timelines
+# and the participant-fold check read these.
+TIME_COLUMNS = ("participant", "video", "start_s", "end_s")
 NO_FOLD = -1
 
 
@@ -41,15 +46,47 @@ class HCMWRow:
     clip: str
     label: str  # the CSV code; checked by validate(), not here
     fold: int
+    _: KW_ONLY
+    participant: str | None = None  # the person; the session video when only ``video`` is given
+    video: str | None = None  # the recording the clip was cut from
+    start_s: float | None = None  # the clip's window in that recording
+    end_s: float | None = None
 
 
-def read_annotation(path: Path) -> list[HCMWRow]:
-    """Every row of the CSV; a missing column or a non-integer fold stops here."""
+def _seconds(record: Mapping[str, str], column: str, where: str) -> float | None:
+    text = (record.get(column) or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise DataError(f"{where}: {column} {text!r} is not a time in seconds (a finite number >= 0)")
+    return value
+
+
+def _time_fields(record: Mapping[str, str], columns: Sequence[str], where: str) -> dict:
+    """The optional who-and-when columns of one record (absent or empty: None)."""
+    text = {c: nfc((record.get(c) or "").strip()) or None for c in ("participant", "video") if c in columns}
+    fields = {"participant": text.get("participant") or text.get("video"), "video": text.get("video")}
+    fields["start_s"] = _seconds(record, "start_s", where) if "start_s" in columns else None
+    fields["end_s"] = _seconds(record, "end_s", where) if "end_s" in columns else None
+    if fields["start_s"] is not None and fields["end_s"] is not None and fields["end_s"] <= fields["start_s"]:
+        raise DataError(f"{where}: end_s {fields['end_s']} is not after start_s {fields['start_s']}")
+    return fields
+
+
+def read_annotation(path: Path, folds_required: bool = True) -> list[HCMWRow]:
+    """Every row of the CSV; a missing column, a non-integer fold or a time that is not a
+    number stops here.  The optional ``TIME_COLUMNS`` are read when present.
+    ``folds_required=False`` (the fold builder, which makes them) reads a missing or empty
+    ``test_fold_num`` as ``NO_FOLD``."""
     with io.StringIO(read_annotation_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
         for column in REQUIRED_COLUMNS:
-            if column not in columns:
+            if column not in columns and (folds_required or column != "test_fold_num"):
                 raise DataError(
                     f"{path}: no column {column!r}; columns found: {', '.join(columns) or '(none)'}; "
                     f"an hcmw annotation needs {', '.join(REQUIRED_COLUMNS)}"
@@ -57,15 +94,17 @@ def read_annotation(path: Path) -> list[HCMWRow]:
         rows = []
         for record in reader:
             clip = nfc((record["uuid"] or "").strip().removesuffix(".mp4"))  # as file names are compared
-            fold = (record["test_fold_num"] or "").strip()
+            fold = (record.get("test_fold_num") or "").strip()
             if not clip:
                 raise DataError(f"{path} line {reader.line_num}: empty uuid")
             try:
-                rows.append(HCMWRow(clip, (record["mw_label"] or "").strip(), int(fold)))
+                fold = int(fold) if fold or folds_required else NO_FOLD
             except ValueError:
                 raise DataError(
                     f"{path} line {reader.line_num}: test_fold_num {fold!r} of clip {clip!r} is not an integer"
                 ) from None
+            when = _time_fields(record, columns, f"{path} line {reader.line_num} (clip {clip!r})")
+            rows.append(HCMWRow(clip, (record["mw_label"] or "").strip(), fold, **when))
     check_unique([row.clip for row in rows], path)
     return rows
 

@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1
 from minigpt4.probe.__main__ import main
 from minigpt4.probe.config import ProbeConfig, ProbeConfigError, load_config
 from minigpt4.probe.dump import Dump
-from minigpt4.probe.feature_sets import enumerate_sets, load_set
+from minigpt4.probe.feature_sets import SetLoader, enumerate_sets
 from minigpt4.probe.fitting import fit_held_out_fold
 from minigpt4.probe.labels import ProbeInputError
 from minigpt4.probe.metrics import METRICS, fold_metrics
@@ -347,10 +347,12 @@ def test_a_per_clip_dump_gives_the_stacked_dumps_sets(tmp_path):
     manifest["files"] = {kind: {"path": f"{kind}/<clip>.npy", "shape": list(a.shape[1:])} for kind, a in arrays.items()}
     (per_clip / "manifest.json").write_text(json.dumps(dict(manifest, layout="per_clip")))
     per_clip = Dump(per_clip)
-    every = {s.name: s for s in enumerate_sets(stacked, list(arrays), [])}
-    assert [s.name for s in enumerate_sets(per_clip, list(arrays), [])] == list(every)
-    for feature_set in every.values():
-        np.testing.assert_array_equal(load_set(per_clip, feature_set, every), load_set(stacked, feature_set, every))
+    sets = enumerate_sets(stacked, list(arrays), [])
+    assert [s.name for s in enumerate_sets(per_clip, list(arrays), [])] == [s.name for s in sets]
+    from_stacked, from_per_clip = SetLoader(stacked, sets, labels=None), SetLoader(per_clip, sets, labels=None)
+    for feature_set in sets:
+        np.testing.assert_array_equal(from_per_clip(feature_set), from_stacked(feature_set))
     # the image mean is the mean over the tokens, a chunk of rows at a time
     tokens = arrays["image_projected_features"].astype(np.float16).astype(np.float32)
-    np.testing.assert_allclose(load_set(stacked, every["image_mean"], every), tokens.mean(1), atol=1e-6)
+    image_mean = next(s for s in sets if s.name == "image_mean")
+    np.testing.assert_allclose(from_stacked(image_mean), tokens.mean(1), atol=1e-6)

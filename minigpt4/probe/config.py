@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from minigpt4.probe.context import STATS
 from minigpt4.probe.metrics import METRICS
 
 # Dumped file stems the probe knows how to turn into feature sets (feature_sets.py).
@@ -22,10 +23,29 @@ KINDS = (
     "llama_pooled_features",
 )
 INNER_SCORING = ("balanced_accuracy", "roc_auc", "neg_log_loss", "f1")
+SEQUENCE_MODELS = ("gru",)
+BEST = "best"  # in timeline_sets: the set ranked first
 
 
 class ProbeConfigError(ValueError):
     """The probe config cannot be used; the message names the key."""
+
+
+@dataclass
+class ContextConfig:
+    windows: list[int] = field(default_factory=list)  # window sizes K (a clip and its K-1 predecessors); empty: none
+    stats: list[str] = field(default_factory=lambda: list(STATS))  # how a window is summarised: mean, std, slope
+    sets: list[str] = field(default_factory=lambda: ["*"])  # base sets given context (names or patterns like llama/*)
+
+
+@dataclass
+class GRUConfig:
+    dim: int = 32  # the base set is standardised and reduced to this many principal components (training rows only)
+    hidden: int = 16  # GRU state size
+    epochs: list[int] = field(default_factory=lambda: [25, 100])  # full-batch epochs tried by the inner cross-validation
+    weight_decay: list[float] = field(default_factory=lambda: [1e-3, 1e-1])  # AdamW weight decays tried likewise
+    lr: float = 0.02
+    permutations: int = 2  # label permutations of its chance reference (fits cost more than a logistic regression)
 
 
 @dataclass
@@ -44,6 +64,12 @@ class ProbeConfig:
     n_jobs: int = 1  # processes fitting folds in parallel (-1 = every core)
     roc_sets: int = 5  # best sets drawn in roc_curves.png
     plots: bool = True
+    alpha: float = 0.05  # a set beats chance when its permutation p-value is at most this
+    allow_split_participants: bool = False  # go on when a participant's clips lie in several folds (reported)
+    context: ContextConfig = field(default_factory=ContextConfig)  # temporal context sets (off by default)
+    sequence_model: Optional[str] = None  # "gru": a GRU over each context window, per context base set and window
+    gru: GRUConfig = field(default_factory=GRUConfig)
+    timeline_sets: list[str] = field(default_factory=lambda: [BEST])  # per-video P(MW) timelines of these sets
 
 
 @dataclass
@@ -87,3 +113,22 @@ def check_config(cfg: ProbeConfig) -> None:
         bad("max_iter", f"must be at least 1, got {cfg.max_iter}")
     if any(len(parts) < 2 for parts in cfg.concatenations):
         bad("concatenations", f"each entry lists two or more feature sets, got {cfg.concatenations}")
+    if not 0 < cfg.alpha < 1:
+        bad("alpha", f"must lie between 0 and 1, got {cfg.alpha}")
+    if any(k < 2 for k in cfg.context.windows):
+        bad("context.windows", f"a window holds 2 or more clips, got {cfg.context.windows}")
+    if cfg.context.windows and not cfg.context.stats:
+        bad("context.stats", "needs one or more of " + ", ".join(STATS))
+    unknown = [stat for stat in cfg.context.stats if stat not in STATS]
+    if unknown:
+        bad("context.stats", f"unknown statistic(s) {unknown}; choices: {', '.join(STATS)}")
+    if cfg.sequence_model is not None:
+        if cfg.sequence_model not in SEQUENCE_MODELS:
+            bad("sequence_model", f"{cfg.sequence_model!r} is not one of {', '.join(SEQUENCE_MODELS)} (or null)")
+        if not cfg.context.windows:
+            bad("sequence_model", "runs over context windows; set probe.context.windows too")
+    gru = cfg.gru
+    if gru.dim < 1 or gru.hidden < 1 or gru.lr <= 0 or gru.permutations < 0:
+        bad("gru", f"dim and hidden must be at least 1, lr positive, permutations 0 or more; got {gru}")
+    if not gru.epochs or any(e < 1 for e in gru.epochs) or not gru.weight_decay or any(w < 0 for w in gru.weight_decay):
+        bad("gru", f"epochs need one or more values >= 1 and weight_decay one or more values >= 0; got {gru}")

@@ -40,6 +40,7 @@ class FoldFit:
     n_test_mw: int
     metrics: dict | None  # None when no probe could be fitted (see ``note``)
     C: float | None = None
+    params: dict | None = None  # what a sequence model's inner cross-validation chose (epochs, weight decay)
     converged: bool = True
     note: str | None = None  # e.g. the held-out rows hold one class
     mw_score: np.ndarray | None = None  # [n_test] P(MW) of the held-out rows, in row order

@@ -49,6 +49,15 @@ def mean_sd(values: Iterable[float | None]) -> tuple[float | None, float | None]
     return float(np.mean(kept)), sd
 
 
+def permutation_p_value(observed: float | None, chance: Iterable[float | None]) -> float | None:
+    """(1 + permutations scoring at least ``observed``) / (1 + permutations), over the
+    permutations that scored; None when nothing can be compared."""
+    scored = [value for value in chance if value is not None and not math.isnan(value)]
+    if observed is None or math.isnan(observed) or not scored:
+        return None
+    return (1 + sum(value >= observed for value in scored)) / (1 + len(scored))
+
+
 def summarise(folds: Iterable[Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:
     """Per metric: ``{"mean": ..., "sd": ...}`` over folds."""
     folds = list(folds)

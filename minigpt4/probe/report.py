@@ -1,5 +1,10 @@
 """The probe's written results: ``probe.json`` (everything, per fold), ``probe.csv`` (one row
-per feature set) and ``probe.md`` (the ranked table, also printed)."""
+per feature set) and ``probe.md`` (the ranked table, also printed).
+
+A reader must not mistake noise for a finding: every metric comes with its chance reference
+as mean +- sd over label permutations and a permutation p-value, the rows that do not beat
+chance at ``probe.alpha`` on ``probe.metric`` are marked, and what limits the reading (a
+participant in several folds, too few permutations to reach ``alpha``) heads the report."""
 
 from __future__ import annotations
 
@@ -36,6 +41,11 @@ def _set_entry(result: SetResult) -> dict:
         "dim": result.dim,
         "summary": result.summary,
         "chance": result.chance_summary,
+        "p_values": result.p_values,
+        "permutations": result.permutations,
+        "base": fs.base,
+        "window": fs.window,
+        "stat": fs.stat,
         "folds": [_fold_entry(f) for f in result.folds],
         "chance_folds": [[f.metrics for f in folds] for folds in result.chance],
     }
@@ -47,6 +57,7 @@ def to_json(result: ProbeResult) -> dict:
         rows = result.labels.folds == fold
         folds[str(int(fold))] = {"clips": int(rows.sum()), "mw": int(result.labels.y[rows].sum())}
     return {
+        "warnings": result.warnings + permutation_notes(result),
         "config": asdict(result.cfg),
         "dump": {
             "folder": str(result.dump.folder),
@@ -57,7 +68,10 @@ def to_json(result: ProbeResult) -> dict:
         },
         "clips": len(result.labels.y),
         "folds": folds,
+        "participants": len({p for p in result.labels.participants if p is not None}) or None,
+        "short_context_windows": {str(k): n for k, n in result.short_windows.items()},
         "metric": result.cfg.metric,
+        "alpha": result.cfg.alpha,
         "sets": [_set_entry(s) for s in ranked(result)],
     }
 
@@ -71,32 +85,70 @@ def csv_rows(result: ProbeResult) -> list[dict]:
             row[f"{metric}_mean"] = s.summary[metric]["mean"]
             row[f"{metric}_sd"] = s.summary[metric]["sd"]
             row[f"{metric}_chance"] = s.chance_summary[metric]["mean"]
+            row[f"{metric}_chance_sd"] = s.chance_summary[metric]["sd"]
+            row[f"{metric}_p"] = s.p_values[metric]
+        row["permutations"] = s.permutations
+        row["beats_chance"] = beats_chance(s, result.cfg.alpha, result.cfg.metric)
         row["folds_with_one_class"] = sum(1 for f in s.folds if f.note)
         row["fits_not_converged"] = sum(1 for f in s.folds if not f.converged)
         rows.append(row)
     return rows
 
 
-def _cell(summary: dict, chance: dict | None = None) -> str:
+def beats_chance(s: SetResult, alpha: float, metric: str) -> bool | None:
+    """Whether the set's permutation p-value on ``metric`` is at most ``alpha`` (None: no p-value)."""
+    p = s.p_values[metric]
+    return None if p is None else p <= alpha
+
+
+def permutation_notes(result: ProbeResult) -> list[str]:
+    """When the permutations are too few for any p-value to reach ``alpha``, say so."""
+    notes = []
+    for count in sorted({s.permutations for s in result.sets}):
+        smallest = 1 / (1 + count) if count else None
+        if smallest is None or smallest > result.cfg.alpha:
+            needed = int(np.ceil(1 / result.cfg.alpha)) - 1
+            has = "no permutations" if not count else f"{count} permutation(s) the smallest possible p-value is {smallest:.3f}"
+            notes.append(
+                f"with {has}, above alpha {result.cfg.alpha}: no set scored so can be shown to beat chance; "
+                f"use {needed} or more permutations"
+            )
+    return notes
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(s: SetResult, metric: str) -> str:
+    """mean ± sd over folds (chance mean ± sd over permutations; p)."""
+    summary, chance = s.summary[metric], s.chance_summary[metric]
     if summary["mean"] is None:
         return "n/a"
     text = f"{summary['mean']:.3f} ± {summary['sd']:.3f}"
-    if chance is not None and chance["mean"] is not None:
-        text += f" ({chance['mean']:.3f})"
+    if chance["mean"] is not None:
+        text += f" ({chance['mean']:.3f} ± {chance['sd']:.3f}; p {_number(s.p_values[metric])})"
     return text
 
 
 def markdown_table(result: ProbeResult) -> str:
-    """Ranked by ``probe.metric``; each cell mean ± sd over folds, (chance reference mean)."""
-    metric = result.cfg.metric
-    header = ["rank", "feature set", "dim", *METRICS, "notes"]
-    lines = [
-        f"Probe of {result.dump.folder}: {len(result.labels.y)} clips, {len(np.unique(result.labels.folds))} held-out folds, "
-        f"sorted by {metric}; mean ± sd over folds (permutation chance mean, {result.cfg.permutations} permutations)",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    """Ranked by ``probe.metric``; the warnings first, then one row per set."""
+    cfg, metric = result.cfg, result.cfg.metric
+    lines = [f"**WARNING: {warning}**" for warning in result.warnings + permutation_notes(result)]
+    if lines:
+        lines.append("")
+    participants = len({p for p in result.labels.participants if p is not None})
+    lines.append(
+        f"Probe of {result.dump.folder}: {len(result.labels.y)} clips"
+        + (f" of {participants} participants" if participants else "")
+        + f", {len(np.unique(result.labels.folds))} held-out folds, sorted by {metric}. Each cell: mean ± sd over "
+        f"folds (chance: mean ± sd over label permutations; permutation p-value). \"beats chance\": p of {metric} "
+        f"at most {cfg.alpha}."
+    )
+    for window, short in result.short_windows.items():
+        lines.append(f"Context window {window}: {short} of {len(result.labels.y)} clips had fewer predecessors (the first clips of a video).")
+    header = ["rank", "feature set", "dim", "beats chance", *METRICS, "notes"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, s in enumerate(ranked(result), start=1):
         notes = []
         one_class = [str(f.fold) for f in s.folds if f.note]
@@ -104,8 +156,11 @@ def markdown_table(result: ProbeResult) -> str:
             notes.append(f"fold {', '.join(one_class)}: one class")
         if not all(f.converged for f in s.folds):
             notes.append("not converged in some fold (raise max_iter)")
-        cells = [str(rank), s.feature_set.name, str(s.dim)]
-        cells += [_cell(s.summary[m], s.chance_summary[m] if result.cfg.permutations else None) for m in METRICS]
+        if s.permutations != cfg.permutations:
+            notes.append(f"chance from {s.permutations} permutation(s)")
+        verdict = {True: "yes", False: "no", None: "n/a"}[beats_chance(s, cfg.alpha, metric)]
+        cells = [str(rank), s.feature_set.name, str(s.dim), verdict]
+        cells += [_cell(s, m) for m in METRICS]
         cells.append("; ".join(notes))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -11,10 +11,11 @@ from tqdm import tqdm
 
 from minigpt4.probe.config import ProbeConfig
 from minigpt4.probe.dump import Dump
-from minigpt4.probe.feature_sets import FeatureSet, enumerate_sets, load_set
+from minigpt4.probe.feature_sets import FeatureSet, SetLoader, enumerate_sets, temporal_sets
 from minigpt4.probe.fitting import FoldFit, fit_held_out_fold, permuted_labels
 from minigpt4.probe.labels import ProbeInputError, RowLabels, align_labels
-from minigpt4.probe.metrics import METRICS, mean_sd, summarise
+from minigpt4.probe.metrics import METRICS, mean_sd, permutation_p_value, summarise
+from minigpt4.probe.sequence import fit_sequence_fold
 
 
 @dataclass
@@ -26,14 +27,21 @@ class SetResult:
     out_of_fold: np.ndarray  # [N] P(MW) of every row from the fold that held it out (nan: not scored)
     summary: dict = field(init=False)  # metric -> {"mean", "sd"} over folds
     chance_summary: dict = field(init=False)  # metric -> {"mean", "sd"} over permutations of the fold means
+    p_values: dict = field(init=False)  # metric -> permutation p-value of the fold mean (None: not defined)
 
     def __post_init__(self):
         self.summary = summarise(f.metrics for f in self.folds if f.metrics)
         per_permutation = [summarise(f.metrics for f in folds if f.metrics) for folds in self.chance]
-        self.chance_summary = {}
+        self.chance_summary, self.p_values = {}, {}
         for metric in METRICS:
-            mean, sd = mean_sd(p[metric]["mean"] for p in per_permutation)
+            chance_means = [p[metric]["mean"] for p in per_permutation]
+            mean, sd = mean_sd(chance_means)
             self.chance_summary[metric] = {"mean": mean, "sd": sd}
+            self.p_values[metric] = permutation_p_value(self.summary[metric]["mean"], chance_means)
+
+    @property
+    def permutations(self) -> int:
+        return len(self.chance)
 
 
 @dataclass
@@ -43,33 +51,48 @@ class ProbeResult:
     labels: RowLabels
     left_out: list[str]
     sets: list[SetResult]
+    short_windows: dict[int, int] = field(default_factory=dict)  # window size -> rows whose window is shorter
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the reader must know before reading any number (printed at the report's top)."""
+        return [self.labels.fold_warning] if self.labels.fold_warning else []
 
 
 def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureSet]]:
     """Everything that can be wrong with the inputs is found here, before any output exists."""
     dump = Dump(cfg.dump_dir)
     left_out = dump.left_out()
-    labels = align_labels(dump.names, cfg.annotation, dump.folder, left_out)
+    labels = align_labels(dump.names, cfg.annotation, dump.folder, left_out, cfg.allow_split_participants)
     if len(np.unique(labels.folds)) < 2:
         raise ProbeInputError(f"{cfg.annotation}: the dumped clips span one test fold; a held-out probe needs two or more")
     sets = enumerate_sets(dump, cfg.kinds, cfg.concatenations)
     if not sets:
         raise ProbeInputError(f"{dump.folder}: none of probe.kinds {cfg.kinds} is in the dump ({', '.join(dump.kinds)})")
-    return dump, labels, left_out, sets
+    return dump, labels, left_out, sets + temporal_sets(sets, cfg, labels)
 
 
 def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     dump, labels, left_out, sets = prepare(cfg)
     y, folds = labels.y, labels.folds
-    labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(cfg.permutations)])
-    every = {s.name: s for s in sets}
+    permutations = max(cfg.permutations, cfg.gru.permutations if cfg.sequence_model else 0)
+    labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(permutations)])
+    load = SetLoader(dump, sets, labels)
     results = []
     with Parallel(n_jobs=cfg.n_jobs) as parallel:
         for feature_set in tqdm(sets, desc="feature sets", unit="set", disable=not progress):
-            X = load_set(dump, feature_set, every)  # the only feature matrix held at a time
-            per_fold = parallel(
-                delayed(fit_held_out_fold)(X, labellings, y, folds, fold, cfg) for fold in np.unique(folds)
-            )
+            X = load(feature_set)  # the only feature matrix held at a time (and the base of context sets)
+            if feature_set.is_sequence:
+                windows = load.windows(feature_set.window)
+                per_fold = parallel(
+                    delayed(fit_sequence_fold)(X, windows, labellings[: 1 + cfg.gru.permutations], y, folds, fold, cfg)
+                    for fold in np.unique(folds)
+                )
+            else:
+                per_fold = parallel(
+                    delayed(fit_held_out_fold)(X, labellings[: 1 + cfg.permutations], y, folds, fold, cfg)
+                    for fold in np.unique(folds)
+                )
             dim = X.shape[1]
             del X
             out_of_fold = np.full(len(y), np.nan)
@@ -81,11 +104,12 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
                     feature_set=feature_set,
                     dim=dim,
                     folds=[fits[0] for fits in per_fold],
-                    chance=[[fits[p] for fits in per_fold] for p in range(1, len(labellings))],
+                    chance=[[fits[p] for fits in per_fold] for p in range(1, len(per_fold[0]))],
                     out_of_fold=out_of_fold,
                 )
             )
-    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results)
+    short = {k: load.short_windows(k) for k in cfg.context.windows}
+    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results, short_windows=short)
 
 
 def ranked(result: ProbeResult) -> list[SetResult]:

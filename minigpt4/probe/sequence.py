@@ -1,0 +1,170 @@
+"""A learned sequence model as a probe: a one-layer GRU over each clip's context window.
+
+Per held-out fold, like the logistic probe (fitting.py): the base set is standardised and
+reduced to ``gru.dim`` principal components fitted on the training rows only; each row
+becomes the sequence of its window's clips (oldest first, the clip itself last; windows never
+cross videos or folds, so a training row's window holds training rows only); the GRU's last
+state goes through a linear head to P(MW).  The loss is class-balanced binary cross-entropy,
+trained full-batch with AdamW; the number of epochs and the weight decay are chosen by the
+same inner leave-one-fold-out as the logistic probe's C, then the model is refitted on every
+training fold.  Every fit starts from the same seeded initial weights on one CPU thread, so a
+run is deterministic for a given ``probe.seed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from minigpt4.probe.config import GRUConfig, ProbeConfig
+from minigpt4.probe.context import PAD
+from minigpt4.probe.fitting import FoldFit, inner_splits
+from minigpt4.probe.metrics import fold_metrics
+
+
+class WindowGRU(nn.Module):
+    """[B, K, dim] windows (left-padded with zeros, the clip itself last) -> [B] MW logits."""
+
+    def __init__(self, inputs: int, hidden: int):
+        super().__init__()
+        self.gru = nn.GRU(inputs, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        _, last = self.gru(windows)  # [1, B, hidden]: the state after the window's last clip
+        return self.head(last[0]).squeeze(-1)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Small full-batch fits run fastest on one thread, and the probe's folds run in parallel."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def window_tensors(codes: np.ndarray, windows: np.ndarray, train_rows: np.ndarray) -> torch.Tensor:
+    """Codes [N, dim] and windows [N, K] (left-padded with PAD) -> [N, K, dim]: each clip's
+    code minus its window's mean, zeros where a window is padded, each input scaled to unit
+    spread over the training rows' windows (never the held-out ones).
+
+    Centring on the window keeps what changes within it and drops the person's resting
+    level: with a few dozen people in the training folds, a GRU given the level learns to
+    tell the people apart (training accuracy 1.0, held-out at chance on the synthetic
+    sessions of the tests), while the level itself is what the ``ctx{K}/mean`` sets probe."""
+    present = (windows != PAD)[..., None]
+    clips = np.where(present, codes[np.where(windows != PAD, windows, 0)], 0.0)  # [N, K, dim]
+    mean = clips.sum(axis=1, keepdims=True) / present.sum(axis=1, keepdims=True)
+    changes = np.where(present, clips - mean, 0.0)
+    train_present = np.broadcast_to(present[train_rows], changes[train_rows].shape)
+    spread = np.sqrt((changes[train_rows] ** 2).sum(axis=(0, 1)) / np.maximum(train_present.sum(axis=(0, 1)), 1))
+    return torch.from_numpy((changes / np.maximum(spread, 1e-12)).astype(np.float32))
+
+
+def train_gru(
+    sequences: torch.Tensor, y: np.ndarray, gru: GRUConfig, weight_decay: float, seed: int, checkpoints: list[int], evaluate,
+) -> dict[int, object]:
+    """Train on (sequences, y) full-batch for ``max(checkpoints)`` epochs; after each epoch in
+    ``checkpoints`` return ``evaluate(model)``."""
+    torch.manual_seed(seed)
+    model = WindowGRU(sequences.shape[-1], gru.hidden)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=gru.lr, weight_decay=weight_decay)
+    target = torch.from_numpy(y.astype(np.float32))
+    counts = np.bincount(y, minlength=2)
+    weights = torch.from_numpy((len(y) / (2.0 * counts[y])).astype(np.float32))  # class-balanced
+    loss_fn = nn.BCEWithLogitsLoss(weight=weights)
+    results = {}
+    for epoch in range(1, max(checkpoints) + 1):
+        model.train()
+        optimizer.zero_grad()
+        loss_fn(model(sequences), target).backward()
+        optimizer.step()
+        if epoch in checkpoints:
+            model.eval()
+            with torch.no_grad():
+                results[epoch] = evaluate(model)
+    return results
+
+
+def inner_score(scoring: str, y: np.ndarray, p_mw: np.ndarray) -> float:
+    """What the inner cross-validation maximises (as ``probe.inner_scoring`` names it)."""
+    if len(np.unique(y)) < 2 and scoring in ("roc_auc",):
+        return math.nan
+    if scoring == "balanced_accuracy":
+        return balanced_accuracy_score(y, p_mw >= 0.5)
+    if scoring == "f1":
+        return f1_score(y, p_mw >= 0.5, zero_division=0)
+    if scoring == "roc_auc":
+        return roc_auc_score(y, p_mw)
+    return -log_loss(y, np.clip(p_mw, 1e-7, 1 - 1e-7), labels=[0, 1])
+
+
+def choose_training(sequences: torch.Tensor, y: np.ndarray, train_folds: np.ndarray, cfg: ProbeConfig) -> tuple[int, float]:
+    """(epochs, weight decay) with the best mean inner score over leave-one-training-fold-out."""
+    gru = cfg.gru
+    epochs = sorted(set(gru.epochs))
+    scores = {(e, wd): [] for e in epochs for wd in gru.weight_decay}
+    for fit_rows, val_rows in inner_splits(train_folds, y, cfg.seed):
+        if len(np.unique(y[fit_rows])) < 2:
+            continue
+        for wd in gru.weight_decay:
+            def evaluate(model, rows=val_rows):
+                return torch.sigmoid(model(sequences[rows])).numpy()
+
+            predictions = train_gru(sequences[fit_rows], y[fit_rows], gru, wd, cfg.seed, epochs, evaluate)
+            for e, p_mw in predictions.items():
+                scores[(e, wd)].append(inner_score(cfg.inner_scoring, y[val_rows], p_mw))
+    means = {key: np.nanmean(values) if values and not np.isnan(values).all() else -np.inf for key, values in scores.items()}
+    return max(means, key=lambda key: (means[key], -key[0], -key[1]))  # ties: fewer epochs, less decay
+
+
+def fit_sequence_fold(
+    X: np.ndarray, windows: np.ndarray, labellings: np.ndarray, y_true: np.ndarray, folds: np.ndarray, held_out: int,
+    cfg: ProbeConfig,
+) -> list[FoldFit]:
+    """One :class:`FoldFit` per row of ``labellings`` (the true labels, then permuted ones),
+    as :func:`minigpt4.probe.fitting.fit_held_out_fold` does for the logistic probe."""
+    train, test = folds != held_out, folds == held_out
+    y_test = y_true[test]
+    sizes = dict(fold=int(held_out), n_train=int(train.sum()), n_test=int(test.sum()), n_test_mw=int(y_test.sum()))
+    one_class_held_out = len(np.unique(y_test)) < 2
+    scaler = StandardScaler().fit(X[train])
+    dim = min(cfg.gru.dim, int(train.sum()), X.shape[1])
+    pca = PCA(n_components=dim, svd_solver="full").fit(scaler.transform(X[train]))
+    codes = pca.transform(scaler.transform(X))
+    train_rows, test_rows = np.flatnonzero(train), np.flatnonzero(test)
+    # a row's window lies in its own fold: training windows never read held-out clips
+    sequences = window_tensors(codes, windows, train_rows)
+    fits = []
+    with one_thread():
+        for labels in labellings:
+            y_fit = labels[train]
+            if len(np.unique(y_fit)) < 2:
+                fits.append(FoldFit(**sizes, metrics=None, note="the training folds hold one class; no probe fitted"))
+                continue
+            epochs, weight_decay = choose_training(sequences[train_rows], y_fit, folds[train], cfg)
+
+            def evaluate(model):
+                return torch.sigmoid(model(sequences[test_rows])).numpy().astype(np.float64)
+
+            mw_score = train_gru(sequences[train_rows], y_fit, cfg.gru, weight_decay, cfg.seed, [epochs], evaluate)[epochs]
+            fits.append(
+                FoldFit(
+                    **sizes,
+                    metrics=fold_metrics(y_test, (mw_score >= 0.5).astype(np.int64), mw_score),
+                    params={"epochs": int(epochs), "weight_decay": float(weight_decay)},
+                    note="the held-out fold holds one class; AUCs not computed" if one_class_held_out else None,
+                    mw_score=mw_score,
+                )
+            )
+    return fits

@@ -48,6 +48,7 @@ class ProbeResult:
 def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureSet]]:
     """Everything that can be wrong with the inputs is found here, before any output exists."""
     dump = Dump(cfg.dump_dir)
+    dump.check_files(cfg.kinds)
     left_out = dump.left_out()
     labels = align_labels(dump.names, cfg.annotation, dump.folder, left_out)
     if len(np.unique(labels.folds)) < 2:

@@ -14,7 +14,7 @@ import numpy as np
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.probe.fitting import FoldFit
 from minigpt4.probe.metrics import METRICS
-from minigpt4.probe.run import ProbeResult, SetResult, ranked
+from minigpt4.probe.run import NotProbed, ProbeResult, SetResult, ranked
 
 JSON, CSV, MARKDOWN = "probe.json", "probe.csv", "probe.md"
 
@@ -41,6 +41,11 @@ def _set_entry(result: SetResult) -> dict:
     }
 
 
+def _not_probed_entry(skipped: NotProbed) -> dict:
+    fs = skipped.feature_set
+    return {"name": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": skipped.dim, "reason": skipped.reason}
+
+
 def to_json(result: ProbeResult) -> dict:
     folds = {}
     for fold in np.unique(result.labels.folds):
@@ -59,6 +64,7 @@ def to_json(result: ProbeResult) -> dict:
         "folds": folds,
         "metric": result.cfg.metric,
         "sets": [_set_entry(s) for s in ranked(result)],
+        "not_probed": [_not_probed_entry(s) for s in result.not_probed],
     }
 
 
@@ -73,6 +79,13 @@ def csv_rows(result: ProbeResult) -> list[dict]:
             row[f"{metric}_chance"] = s.chance_summary[metric]["mean"]
         row["folds_with_one_class"] = sum(1 for f in s.folds if f.note)
         row["fits_not_converged"] = sum(1 for f in s.folds if not f.converged)
+        row["not_probed"] = ""
+        rows.append(row)
+    for skipped in result.not_probed:  # the same columns, no metrics, the reason last
+        fs = skipped.feature_set
+        row = {"feature_set": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": skipped.dim}
+        row.update({f"{metric}_{part}": None for metric in METRICS for part in ("mean", "sd", "chance")})
+        row.update(folds_with_one_class=None, fits_not_converged=None, not_probed=skipped.reason)
         rows.append(row)
     return rows
 
@@ -107,6 +120,9 @@ def markdown_table(result: ProbeResult) -> str:
         cells = [str(rank), s.feature_set.name, str(s.dim)]
         cells += [_cell(s.summary[m], s.chance_summary[m] if result.cfg.permutations else None) for m in METRICS]
         cells.append("; ".join(notes))
+        lines.append("| " + " | ".join(cells) + " |")
+    for skipped in result.not_probed:
+        cells = ["-", skipped.feature_set.name, str(skipped.dim), *["n/a"] * len(METRICS), f"not probed: {skipped.reason}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

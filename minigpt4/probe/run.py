@@ -3,6 +3,7 @@ every held-out fold (true labels and the permuted ones), then the report and plo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,10 +12,13 @@ from tqdm import tqdm
 
 from minigpt4.probe.config import ProbeConfig
 from minigpt4.probe.dump import Dump
+from minigpt4.probe.dump_check import non_finite_rows
 from minigpt4.probe.feature_sets import FeatureSet, enumerate_sets, load_set
 from minigpt4.probe.fitting import FoldFit, fit_held_out_fold, permuted_labels
 from minigpt4.probe.labels import ProbeInputError, RowLabels, align_labels
 from minigpt4.probe.metrics import METRICS, mean_sd, summarise
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,12 +41,22 @@ class SetResult:
 
 
 @dataclass
+class NotProbed:
+    """A feature set the probe could not fit, and why (e.g. NaN in some clips' rows)."""
+
+    feature_set: FeatureSet
+    dim: int
+    reason: str
+
+
+@dataclass
 class ProbeResult:
     cfg: ProbeConfig
     dump: Dump
     labels: RowLabels
     left_out: list[str]
     sets: list[SetResult]
+    not_probed: list[NotProbed] = field(default_factory=list)
 
 
 def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureSet]]:
@@ -64,10 +78,16 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     y, folds = labels.y, labels.folds
     labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(cfg.permutations)])
     every = {s.name: s for s in sets}
-    results = []
+    results, not_probed = [], []
     with Parallel(n_jobs=cfg.n_jobs) as parallel:
         for feature_set in tqdm(sets, desc="feature sets", unit="set", disable=not progress):
             X = load_set(dump, feature_set, every)  # the only feature matrix held at a time
+            reason = non_finite_rows(X, dump.names)
+            if reason:
+                logger.warning("feature set %s not probed: %s", feature_set.name, reason)
+                not_probed.append(NotProbed(feature_set, X.shape[1], reason))
+                del X
+                continue
             per_fold = parallel(
                 delayed(fit_held_out_fold)(X, labellings, y, folds, fold, cfg) for fold in np.unique(folds)
             )
@@ -86,7 +106,7 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
                     out_of_fold=out_of_fold,
                 )
             )
-    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results)
+    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results, not_probed=not_probed)
 
 
 def ranked(result: ProbeResult) -> list[SetResult]:

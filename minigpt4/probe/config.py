@@ -87,3 +87,10 @@ def check_config(cfg: ProbeConfig) -> None:
         bad("max_iter", f"must be at least 1, got {cfg.max_iter}")
     if any(len(parts) < 2 for parts in cfg.concatenations):
         bad("concatenations", f"each entry lists two or more feature sets, got {cfg.concatenations}")
+    if cfg.n_jobs == 0:
+        bad("n_jobs", "0 processes cannot fit anything; use 1 or more, or -1 for every core")
+    out = Path(cfg.output_dir)
+    existing = next((path for path in (out, *out.parents) if path.exists()), out)  # found now, not after the fits
+    if existing.exists() and not existing.is_dir():
+        where = f"{out} is a file, not a folder" if existing == out else f"{out} cannot be made: {existing} is a file"
+        bad("output_dir", f"{where}; choose another output_dir")

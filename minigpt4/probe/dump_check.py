@@ -19,7 +19,7 @@ import numpy as np
 from minigpt4.features.writer import DTYPES, LAYOUTS, MANIFEST, NAMES, names_digest
 from minigpt4.probe.labels import ProbeInputError, listed
 
-REMAKE = "remake the dump (eval_emotion.py --dataset hcmw_caption --overwrite)"
+REMAKE = "remake the dump (rerun eval_emotion.py --dataset hcmw_caption into an empty run.output_dir)"
 HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 

@@ -5,14 +5,13 @@ never holds more than the one feature set it fits)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from minigpt4.datasets.errors import SKIPPED_REPORT
-from minigpt4.features.writer import MANIFEST, NAMES
+from minigpt4.probe.dump_check import array_problem, damaged_files_error, read_manifest, read_names
 from minigpt4.probe.labels import ProbeInputError
 
 CHUNK_ROWS = 32  # rows averaged per mapping when pooling image tokens
@@ -21,19 +20,32 @@ CHUNK_ROWS = 32  # rows averaged per mapping when pooling image tokens
 class Dump:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        manifest_path = self.folder / MANIFEST
-        if not manifest_path.is_file():
-            raise ProbeInputError(f"probe.dump_dir: {self.folder} holds no {MANIFEST}; is it a feature dump folder?")
-        self.manifest = json.loads(manifest_path.read_text())
-        if not self.manifest.get("complete"):
-            raise ProbeInputError(f"{manifest_path}: the dump is not complete; rerun the dump to finish it")
-        self.names = (self.folder / NAMES).read_text().splitlines()
-        if len(self.names) != self.manifest["rows"]:
-            raise ProbeInputError(
-                f"{self.folder / NAMES} lists {len(self.names)} clips, the manifest {self.manifest['rows']} rows"
-            )
+        self.manifest = read_manifest(self.folder)
+        self.names = read_names(self.folder, self.manifest)
         self.layout = self.manifest.get("layout", "stacked")
         self.files = self.manifest["files"]
+
+    def check_files(self, kinds: Sequence[str]) -> None:
+        """Every array of the dumped ``kinds`` present, readable and as the manifest records
+        it (dtype, shape, one row per name, not cut short), judged from headers and sizes;
+        else one error naming the first damaged file."""
+        stacked = self.layout == "stacked"
+        problems = []
+        for kind in (kind for kind in kinds if kind in self.files):
+            if stacked:
+                wanted = {self.path(kind): (len(self.names), *self.row_shape(kind))}
+            else:
+                wanted = {self.path(kind, name): self.row_shape(kind) for name in self.names}
+            for path, shape in wanted.items():
+                problem = array_problem(path, shape, self.manifest.get("dtype"), stacked)
+                if problem:
+                    problems.append((path, problem))
+        if problems:
+            raise damaged_files_error(problems)
+
+    def path(self, kind: str, clip: str | None = None) -> Path:
+        """The file of ``kind`` (stacked), or of ``kind`` for ``clip`` (per-clip), as the writer lays them out."""
+        return self.folder / f"{kind}.npy" if self.layout == "stacked" else self.folder / kind / f"{clip}.npy"
 
     @property
     def kinds(self) -> list[str]:
@@ -72,12 +84,12 @@ class Dump:
     # ---- reading ------------------------------------------------------------------------------
     def _rows(self, kind: str, take: Callable[[np.ndarray], np.ndarray], start: int, stop: int) -> np.ndarray:
         if self.layout == "stacked":
-            array = np.load(self.folder / f"{kind}.npy", mmap_mode="r")
+            array = np.load(self.path(kind), mmap_mode="r")
             out = np.asarray(take(array[start:stop]), dtype=np.float32)
             del array  # unmapped: the pages read leave this process's resident memory
             return out
         return np.stack(
-            [np.asarray(take(np.load(self.folder / kind / f"{name}.npy", mmap_mode="r")[None]), np.float32)[0]
+            [np.asarray(take(np.load(self.path(kind, name), mmap_mode="r")[None]), np.float32)[0]
              for name in self.names[start:stop]]
         )
 

@@ -41,7 +41,8 @@ class RowLabels:
         return all(v is not None for v in self.videos) and self.start_s is not None and bool(np.isfinite(self.start_s).all())
 
 
-def _listed(clips: Sequence[str]) -> str:
+def listed(clips: Sequence[str]) -> str:
+    """``a, b, c ... and 5 more``: the first SHOWN_IN_MESSAGE clips, the rest counted."""
     shown = ", ".join(clips[:SHOWN_IN_MESSAGE])
     return shown + (f" ... and {len(clips) - SHOWN_IN_MESSAGE} more" if len(clips) > SHOWN_IN_MESSAGE else "")
 
@@ -63,16 +64,16 @@ def align_labels(
     problems = []
     missing = [clip for clip in rows if clip not in set(names) and clip not in set(left_out)]
     if missing:
-        problems.append(f"{len(missing)} annotated clip(s) have no row in {dump_dir / NAMES}: {_listed(missing)}")
+        problems.append(f"{len(missing)} annotated clip(s) have no row in {dump_dir / NAMES}: {listed(missing)}")
     extra = [name for name in names if name not in rows]
     if extra:
-        problems.append(f"{len(extra)} dumped clip(s) are not in {annotation}: {_listed(extra)}")
+        problems.append(f"{len(extra)} dumped clip(s) are not in {annotation}: {listed(extra)}")
     no_fold = [name for name in names if name in rows and rows[name].fold < 0]
     if no_fold:
-        problems.append(f"{len(no_fold)} clip(s) have no test fold (negative test_fold_num) in {annotation}: {_listed(no_fold)}")
+        problems.append(f"{len(no_fold)} clip(s) have no test fold (negative test_fold_num) in {annotation}: {listed(no_fold)}")
     bad_label = [f"{name} ({rows[name].label!r})" for name in names if name in rows and rows[name].label not in LABELS]
     if bad_label:
-        problems.append(f"{len(bad_label)} clip(s) have an mw_label other than {' / '.join(LABELS)}: {_listed(bad_label)}")
+        problems.append(f"{len(bad_label)} clip(s) have an mw_label other than {' / '.join(LABELS)}: {listed(bad_label)}")
     if problems:
         raise ProbeInputError(
             f"the dump {dump_dir} and the annotation {annotation} disagree:\n  " + "\n  ".join(problems)

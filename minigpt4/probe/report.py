@@ -19,7 +19,7 @@ import numpy as np
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.probe.fitting import FoldFit
 from minigpt4.probe.metrics import METRICS
-from minigpt4.probe.run import ProbeResult, SetResult, ranked
+from minigpt4.probe.run import NotProbed, ProbeResult, SetResult, ranked
 
 JSON, CSV, MARKDOWN = "probe.json", "probe.csv", "probe.md"
 
@@ -51,6 +51,11 @@ def _set_entry(result: SetResult) -> dict:
     }
 
 
+def _not_probed_entry(skipped: NotProbed) -> dict:
+    fs = skipped.feature_set
+    return {"name": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": skipped.dim, "reason": skipped.reason}
+
+
 def to_json(result: ProbeResult) -> dict:
     folds = {}
     for fold in np.unique(result.labels.folds):
@@ -73,6 +78,7 @@ def to_json(result: ProbeResult) -> dict:
         "metric": result.cfg.metric,
         "alpha": result.cfg.alpha,
         "sets": [_set_entry(s) for s in ranked(result)],
+        "not_probed": [_not_probed_entry(s) for s in result.not_probed],
     }
 
 
@@ -91,6 +97,14 @@ def csv_rows(result: ProbeResult) -> list[dict]:
         row["beats_chance"] = beats_chance(s, result.cfg.alpha, result.cfg.metric)
         row["folds_with_one_class"] = sum(1 for f in s.folds if f.note)
         row["fits_not_converged"] = sum(1 for f in s.folds if not f.converged)
+        row["not_probed"] = ""
+        rows.append(row)
+    for skipped in result.not_probed:  # the same columns, no metrics, the reason last
+        fs = skipped.feature_set
+        row = {"feature_set": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": skipped.dim}
+        row.update({f"{metric}_{part}": None for metric in METRICS for part in ("mean", "sd", "chance", "chance_sd", "p")})
+        row.update(permutations=None, beats_chance=None, folds_with_one_class=None, fits_not_converged=None)
+        row["not_probed"] = skipped.reason
         rows.append(row)
     return rows
 
@@ -162,6 +176,9 @@ def markdown_table(result: ProbeResult) -> str:
         cells = [str(rank), s.feature_set.name, str(s.dim), verdict]
         cells += [_cell(s, m) for m in METRICS]
         cells.append("; ".join(notes))
+        lines.append("| " + " | ".join(cells) + " |")
+    for skipped in result.not_probed:
+        cells = ["-", skipped.feature_set.name, str(skipped.dim), "n/a", *["n/a"] * len(METRICS), f"not probed: {skipped.reason}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

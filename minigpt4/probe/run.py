@@ -3,6 +3,7 @@ every held-out fold (true labels and the permuted ones), then the report and plo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,11 +12,14 @@ from tqdm import tqdm
 
 from minigpt4.probe.config import ProbeConfig
 from minigpt4.probe.dump import Dump
+from minigpt4.probe.dump_check import non_finite_rows
 from minigpt4.probe.feature_sets import FeatureSet, SetLoader, enumerate_sets, temporal_sets
 from minigpt4.probe.fitting import FoldFit, fit_held_out_fold, permuted_labels
 from minigpt4.probe.labels import ProbeInputError, RowLabels, align_labels
 from minigpt4.probe.metrics import METRICS, mean_sd, permutation_p_value, summarise
 from minigpt4.probe.sequence import fit_sequence_fold
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,12 +49,22 @@ class SetResult:
 
 
 @dataclass
+class NotProbed:
+    """A feature set the probe could not fit, and why (e.g. NaN in some clips' rows)."""
+
+    feature_set: FeatureSet
+    dim: int
+    reason: str
+
+
+@dataclass
 class ProbeResult:
     cfg: ProbeConfig
     dump: Dump
     labels: RowLabels
     left_out: list[str]
     sets: list[SetResult]
+    not_probed: list[NotProbed] = field(default_factory=list)
     short_windows: dict[int, int] = field(default_factory=dict)  # window size -> rows whose window is shorter
 
     @property
@@ -62,6 +76,7 @@ class ProbeResult:
 def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureSet]]:
     """Everything that can be wrong with the inputs is found here, before any output exists."""
     dump = Dump(cfg.dump_dir)
+    dump.check_files(cfg.kinds)
     left_out = dump.left_out()
     labels = align_labels(dump.names, cfg.annotation, dump.folder, left_out, cfg.allow_split_participants)
     if len(np.unique(labels.folds)) < 2:
@@ -78,10 +93,16 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     permutations = max(cfg.permutations, cfg.gru.permutations if cfg.sequence_model else 0)
     labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(permutations)])
     load = SetLoader(dump, sets, labels)
-    results = []
+    results, not_probed = [], []
     with Parallel(n_jobs=cfg.n_jobs) as parallel:
         for feature_set in tqdm(sets, desc="feature sets", unit="set", disable=not progress):
             X = load(feature_set)  # the only feature matrix held at a time (and the base of context sets)
+            reason = non_finite_rows(X, dump.names)
+            if reason:
+                logger.warning("feature set %s not probed: %s", feature_set.name, reason)
+                not_probed.append(NotProbed(feature_set, X.shape[1], reason))
+                del X
+                continue
             if feature_set.is_sequence:
                 windows = load.windows(feature_set.window)
                 per_fold = parallel(
@@ -109,7 +130,9 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
                 )
             )
     short = {k: load.short_windows(k) for k in cfg.context.windows}
-    return ProbeResult(cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results, short_windows=short)
+    return ProbeResult(
+        cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results, not_probed=not_probed, short_windows=short
+    )
 
 
 def ranked(result: ProbeResult) -> list[SetResult]:

@@ -113,7 +113,6 @@ def check_config(cfg: ProbeConfig) -> None:
         bad("max_iter", f"must be at least 1, got {cfg.max_iter}")
     if any(len(parts) < 2 for parts in cfg.concatenations):
         bad("concatenations", f"each entry lists two or more feature sets, got {cfg.concatenations}")
-<<<<<<< HEAD
     if not 0 < cfg.alpha < 1:
         bad("alpha", f"must lie between 0 and 1, got {cfg.alpha}")
     if any(k < 2 for k in cfg.context.windows):
@@ -133,7 +132,6 @@ def check_config(cfg: ProbeConfig) -> None:
         bad("gru", f"dim and hidden must be at least 1, lr positive, permutations 0 or more; got {gru}")
     if not gru.epochs or any(e < 1 for e in gru.epochs) or not gru.weight_decay or any(w < 0 for w in gru.weight_decay):
         bad("gru", f"epochs need one or more values >= 1 and weight_decay one or more values >= 0; got {gru}")
-=======
     if cfg.n_jobs == 0:
         bad("n_jobs", "0 processes cannot fit anything; use 1 or more, or -1 for every core")
     out = Path(cfg.output_dir)
@@ -141,4 +139,3 @@ def check_config(cfg: ProbeConfig) -> None:
     if existing.exists() and not existing.is_dir():
         where = f"{out} is a file, not a folder" if existing == out else f"{out} cannot be made: {existing} is a file"
         bad("output_dir", f"{where}; choose another output_dir")
->>>>>>> h-probedump

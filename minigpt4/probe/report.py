@@ -117,15 +117,15 @@ def beats_chance(s: SetResult, alpha: float, metric: str) -> bool | None:
 
 def permutation_notes(result: ProbeResult) -> list[str]:
     """When the permutations are too few for any p-value to reach ``alpha``, say so."""
-    notes = []
+    alpha, notes = result.cfg.alpha, []
+    needed = int(np.ceil(1 / alpha)) - 1  # (1 + 0) / (1 + n) <= alpha
     for count in sorted({s.permutations for s in result.sets}):
-        smallest = 1 / (1 + count) if count else None
-        if smallest is None or smallest > result.cfg.alpha:
-            needed = int(np.ceil(1 / result.cfg.alpha)) - 1
-            has = "no permutations" if not count else f"{count} permutation(s) the smallest possible p-value is {smallest:.3f}"
+        if count == 0:
+            notes.append("no label permutations were run: there is no chance reference, and no set can be shown to beat chance")
+        elif 1 / (1 + count) > alpha:
             notes.append(
-                f"with {has}, above alpha {result.cfg.alpha}: no set scored so can be shown to beat chance; "
-                f"use {needed} or more permutations"
+                f"with {count} permutation(s) the smallest possible p-value is {1 / (1 + count):.3f}, above alpha {alpha}: "
+                f"no set can be shown to beat chance; use {needed} or more permutations"
             )
     return notes
 

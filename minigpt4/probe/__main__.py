@@ -11,6 +11,7 @@ from minigpt4.probe.labels import ProbeInputError
 from minigpt4.probe.plots import write_plots
 from minigpt4.probe.report import markdown_table, write_report
 from minigpt4.probe.run import run_probe
+from minigpt4.probe.timelines import timeline_plots, write_timeline_csv
 
 USER_ERRORS = (ProbeConfigError, ProbeInputError, DataError)
 
@@ -28,8 +29,14 @@ def main(argv=None) -> dict[str, Path]:
     result = run_probe(cfg)
     out = Path(cfg.output_dir)
     paths = write_report(result, out)
+    timelines = write_timeline_csv(result, out)
+    if timelines is not None:
+        paths["timelines"] = timelines
     if cfg.plots:
         paths.update({path.stem: path for path in write_plots(result, out)})
+        drawn = timeline_plots(result, out)
+        if drawn:
+            paths["timeline plots"] = drawn[0].parent  # one PNG per video
     print(markdown_table(result))
     print(f"probe results in {out}: " + ", ".join(path.name for path in paths.values()))
     return paths

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -46,14 +47,34 @@ class FoldFit:
     mw_score: np.ndarray | None = None  # [n_test] P(MW) of the held-out rows, in row order
 
 
-def permuted_labels(y: np.ndarray, folds: np.ndarray, permutation: int, seed: int) -> np.ndarray:
-    """Labels shuffled within each fold, so every fold keeps its class balance."""
+def permuted_labels(
+    y: np.ndarray, folds: np.ndarray, permutation: int, seed: int, videos: Sequence | None = None,
+    times: np.ndarray | None = None,
+) -> np.ndarray:
+    """Labels for the chance reference; every fold keeps its class balance.
+
+    Without ``videos`` the labels are shuffled within each fold.  With each row's video and
+    time, each video's labels are rotated in time by a random offset instead: mind wandering
+    comes in runs, and features drift, so clips of one video are not exchangeable; a shuffle
+    would break the runs and make chance look narrower than it is (a slow drift that happens
+    to follow the runs would then pass for a finding).  A rotation keeps every run's length
+    and moves it against the features.
+    """
     rng = np.random.default_rng([seed, permutation])
-    shuffled = y.copy()
-    for fold in np.unique(folds):
-        rows = np.flatnonzero(folds == fold)
-        shuffled[rows] = y[rng.permutation(rows)]
-    return shuffled
+    permuted = y.copy()
+    if videos is None:
+        for fold in np.unique(folds):
+            rows = np.flatnonzero(folds == fold)
+            permuted[rows] = y[rng.permutation(rows)]
+        return permuted
+    groups: dict[tuple, list[int]] = {}
+    for row, key in enumerate(zip(videos, folds.tolist())):
+        groups.setdefault(key, []).append(row)
+    for key in sorted(groups, key=str):
+        rows = np.asarray(groups[key])[np.argsort(times[groups[key]], kind="stable")]
+        if len(rows) > 1:
+            permuted[rows] = np.roll(y[rows], int(rng.integers(1, len(rows))))
+    return permuted
 
 
 def inner_splits(train_folds: np.ndarray, y_train: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -85,6 +106,17 @@ def make_search(cfg: ProbeConfig, cv) -> GridSearchCV:
     return GridSearchCV(logreg, {"C": list(cfg.c_grid)}, cv=cv, scoring=cfg.inner_scoring, refit=True, error_score=np.nan)
 
 
+def fit_probe(cfg: ProbeConfig, z_train: np.ndarray, y_train: np.ndarray, train_folds: np.ndarray):
+    """(the fitted probe, its C): C chosen by the inner cross-validation over ``probe.c_grid``
+    (a grid of one value needs no choosing), the probe refitted on every training row."""
+    if len(cfg.c_grid) == 1:
+        C = float(cfg.c_grid[0])
+        probe = LogisticRegression(C=C, class_weight="balanced", solver="lbfgs", max_iter=cfg.max_iter)
+        return probe.fit(z_train, y_train), C
+    search = make_search(cfg, inner_splits(train_folds, y_train, cfg.seed)).fit(z_train, y_train)
+    return search.best_estimator_, float(search.best_params_["C"])
+
+
 def fit_held_out_fold(X: np.ndarray, labellings: np.ndarray, y_true: np.ndarray, folds: np.ndarray, held_out: int, cfg: ProbeConfig) -> list[FoldFit]:
     """One :class:`FoldFit` per row of ``labellings`` [V, N] (the true labels, then permuted
     ones): fit on every fold but ``held_out`` with that labelling, score ``held_out`` against
@@ -106,13 +138,13 @@ def fit_held_out_fold(X: np.ndarray, labellings: np.ndarray, y_true: np.ndarray,
                 fits.append(FoldFit(**sizes, metrics=None, note="the training folds hold one class; no probe fitted"))
                 continue
             caught.clear()
-            search = make_search(cfg, inner_splits(folds[train], y_fit, cfg.seed)).fit(z_train, y_fit)
-            mw_score = search.predict_proba(z_test)[:, list(search.classes_).index(1)]
+            probe, C = fit_probe(cfg, z_train, y_fit, folds[train])
+            mw_score = probe.predict_proba(z_test)[:, list(probe.classes_).index(1)]
             fits.append(
                 FoldFit(
                     **sizes,
-                    metrics=fold_metrics(y_test, search.predict(z_test), mw_score),
-                    C=float(search.best_params_["C"]),
+                    metrics=fold_metrics(y_test, probe.predict(z_test), mw_score),
+                    C=C,
                     converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught),
                     note="the held-out fold holds one class; AUCs not computed" if one_class_held_out else None,
                     mw_score=mw_score,

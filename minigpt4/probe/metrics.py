@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
@@ -56,6 +56,23 @@ def permutation_p_value(observed: float | None, chance: Iterable[float | None]) 
     if observed is None or math.isnan(observed) or not scored:
         return None
     return (1 + sum(value >= observed for value in scored)) / (1 + len(scored))
+
+
+def family_p_values(observed: Sequence[float | None], chance: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Permutation p-values corrected for probing many sets (Westfall and Young's max-T).
+
+    ``observed[i]`` is set i's score, ``chance[i][j]`` its score under permutation j (the same
+    permuted labels for every set).  Under permutation j the best of all sets scores
+    ``max_i chance[i][j]``; set i's p-value is (1 + permutations whose best is at least
+    ``observed[i]``) / (1 + permutations).  Ranking sets and reading the first is a choice made
+    after looking: this p-value says how often the best of that many sets does as well on
+    labels that mean nothing.
+    """
+    if not chance or not chance[0]:
+        return [None] * len(observed)
+    best = [max((c[j] for c in chance if c[j] is not None and not math.isnan(c[j])), default=None) for j in range(len(chance[0]))]
+    best = [b for b in best if b is not None]
+    return [permutation_p_value(value, best) if best else None for value in observed]
 
 
 def summarise(folds: Iterable[Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:

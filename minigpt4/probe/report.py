@@ -30,7 +30,7 @@ def _fold_entry(fit: FoldFit) -> dict:
     return entry
 
 
-def _set_entry(result: SetResult) -> dict:
+def _set_entry(result: SetResult, p_all_sets: dict) -> dict:
     fs = result.feature_set
     return {
         "name": fs.name,
@@ -42,6 +42,7 @@ def _set_entry(result: SetResult) -> dict:
         "summary": result.summary,
         "chance": result.chance_summary,
         "p_values": result.p_values,
+        "p_values_all_sets": p_all_sets,
         "permutations": result.permutations,
         "base": fs.base,
         "window": fs.window,
@@ -57,6 +58,7 @@ def _not_probed_entry(skipped: NotProbed) -> dict:
 
 
 def to_json(result: ProbeResult) -> dict:
+    family = {metric: result.family_p_values(metric) for metric in METRICS}
     folds = {}
     for fold in np.unique(result.labels.folds):
         rows = result.labels.folds == fold
@@ -77,13 +79,15 @@ def to_json(result: ProbeResult) -> dict:
         "short_context_windows": {str(k): n for k, n in result.short_windows.items()},
         "metric": result.cfg.metric,
         "alpha": result.cfg.alpha,
-        "sets": [_set_entry(s) for s in ranked(result)],
+        "permuted_labels": chance_scheme(result),
+        "sets": [_set_entry(s, {m: family[m][s.feature_set.name] for m in METRICS}) for s in ranked(result)],
         "not_probed": [_not_probed_entry(s) for s in result.not_probed],
     }
 
 
 def csv_rows(result: ProbeResult) -> list[dict]:
     rows = []
+    family = {metric: result.family_p_values(metric) for metric in METRICS}
     for s in ranked(result):
         fs = s.feature_set
         row = {"feature_set": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": s.dim}
@@ -93,8 +97,9 @@ def csv_rows(result: ProbeResult) -> list[dict]:
             row[f"{metric}_chance"] = s.chance_summary[metric]["mean"]
             row[f"{metric}_chance_sd"] = s.chance_summary[metric]["sd"]
             row[f"{metric}_p"] = s.p_values[metric]
+            row[f"{metric}_p_all_sets"] = family[metric][fs.name]
         row["permutations"] = s.permutations
-        row["beats_chance"] = beats_chance(s, result.cfg.alpha, result.cfg.metric)
+        row["beats_chance"] = beats_chance(family[result.cfg.metric][fs.name], result.cfg.alpha)
         row["folds_with_one_class"] = sum(1 for f in s.folds if f.note)
         row["fits_not_converged"] = sum(1 for f in s.folds if not f.converged)
         row["not_probed"] = ""
@@ -102,17 +107,17 @@ def csv_rows(result: ProbeResult) -> list[dict]:
     for skipped in result.not_probed:  # the same columns, no metrics, the reason last
         fs = skipped.feature_set
         row = {"feature_set": fs.name, "kind": fs.kind, "layer": fs.layer, "position": fs.position, "dim": skipped.dim}
-        row.update({f"{metric}_{part}": None for metric in METRICS for part in ("mean", "sd", "chance", "chance_sd", "p")})
+        row.update({f"{metric}_{part}": None for metric in METRICS for part in ("mean", "sd", "chance", "chance_sd", "p", "p_all_sets")})
         row.update(permutations=None, beats_chance=None, folds_with_one_class=None, fits_not_converged=None)
         row["not_probed"] = skipped.reason
         rows.append(row)
     return rows
 
 
-def beats_chance(s: SetResult, alpha: float, metric: str) -> bool | None:
-    """Whether the set's permutation p-value on ``metric`` is at most ``alpha`` (None: no p-value)."""
-    p = s.p_values[metric]
-    return None if p is None else p <= alpha
+def beats_chance(p_all_sets: float | None, alpha: float) -> bool | None:
+    """Whether a set's p-value corrected over every set probed (``ProbeResult.family_p_values``)
+    is at most ``alpha``; None without a p-value."""
+    return None if p_all_sets is None else p_all_sets <= alpha
 
 
 def permutation_notes(result: ProbeResult) -> list[str]:
@@ -128,6 +133,12 @@ def permutation_notes(result: ProbeResult) -> list[str]:
                 f"no set can be shown to beat chance; use {needed} or more permutations"
             )
     return notes
+
+
+def chance_scheme(result: ProbeResult) -> str:
+    if result.labels.timed:
+        return "each video's labels rotated in time by a random offset (runs of MW kept)"
+    return "shuffled within each fold"
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -156,12 +167,14 @@ def markdown_table(result: ProbeResult) -> str:
         f"Probe of {result.dump.folder}: {len(result.labels.y)} clips"
         + (f" of {participants} participants" if participants else "")
         + f", {len(np.unique(result.labels.folds))} held-out folds, sorted by {metric}. Each cell: mean ± sd over "
-        f"folds (chance: mean ± sd over label permutations; permutation p-value). \"beats chance\": p of {metric} "
-        f"at most {cfg.alpha}."
+        f"folds (chance: mean ± sd over label permutations; permutation p-value of this set). \"p all sets\": "
+        f"how often the best of all {len(result.sets)} sets scored as well on permuted labels (max-T); \"beats chance\": "
+        f"that p at most {cfg.alpha}, on {metric}. Permuted labels: {chance_scheme(result)}."
     )
     for window, short in result.short_windows.items():
         lines.append(f"Context window {window}: {short} of {len(result.labels.y)} clips had fewer predecessors (the first clips of a video).")
-    header = ["rank", "feature set", "dim", "beats chance", *METRICS, "notes"]
+    header = ["rank", "feature set", "dim", "beats chance", "p all sets", *METRICS, "notes"]
+    family = result.family_p_values(metric)
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, s in enumerate(ranked(result), start=1):
         notes = []
@@ -172,13 +185,14 @@ def markdown_table(result: ProbeResult) -> str:
             notes.append("not converged in some fold (raise max_iter)")
         if s.permutations != cfg.permutations:
             notes.append(f"chance from {s.permutations} permutation(s)")
-        verdict = {True: "yes", False: "no", None: "n/a"}[beats_chance(s, cfg.alpha, metric)]
-        cells = [str(rank), s.feature_set.name, str(s.dim), verdict]
+        p_all = family[s.feature_set.name]
+        verdict = {True: "yes", False: "no", None: "n/a"}[beats_chance(p_all, cfg.alpha)]
+        cells = [str(rank), s.feature_set.name, str(s.dim), verdict, _number(p_all)]
         cells += [_cell(s, m) for m in METRICS]
         cells.append("; ".join(notes))
         lines.append("| " + " | ".join(cells) + " |")
     for skipped in result.not_probed:
-        cells = ["-", skipped.feature_set.name, str(skipped.dim), "n/a", *["n/a"] * len(METRICS), f"not probed: {skipped.reason}"]
+        cells = ["-", skipped.feature_set.name, str(skipped.dim), "n/a", "n/a", *["n/a"] * len(METRICS), f"not probed: {skipped.reason}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

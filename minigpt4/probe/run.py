@@ -10,13 +10,13 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from minigpt4.probe.config import ProbeConfig
+from minigpt4.probe.config import BEST, ProbeConfig
 from minigpt4.probe.dump import Dump
 from minigpt4.probe.dump_check import non_finite_rows
 from minigpt4.probe.feature_sets import FeatureSet, SetLoader, enumerate_sets, temporal_sets
 from minigpt4.probe.fitting import FoldFit, fit_held_out_fold, permuted_labels
 from minigpt4.probe.labels import ProbeInputError, RowLabels, align_labels
-from minigpt4.probe.metrics import METRICS, mean_sd, permutation_p_value, summarise
+from minigpt4.probe.metrics import METRICS, family_p_values, mean_sd, permutation_p_value, summarise
 from minigpt4.probe.sequence import fit_sequence_fold
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ class SetResult:
     def permutations(self) -> int:
         return len(self.chance)
 
+    def chance_means(self, metric: str) -> list[float | None]:
+        """The fold mean of ``metric`` under each permutation."""
+        return [summarise(f.metrics for f in folds if f.metrics)[metric]["mean"] for folds in self.chance]
+
 
 @dataclass
 class NotProbed:
@@ -67,6 +71,17 @@ class ProbeResult:
     not_probed: list[NotProbed] = field(default_factory=list)
     short_windows: dict[int, int] = field(default_factory=dict)  # window size -> rows whose window is shorter
 
+    def family_p_values(self, metric: str) -> dict[str, float | None]:
+        """Set name -> p-value corrected over every set probed with the same permutations
+        (:func:`~minigpt4.probe.metrics.family_p_values`): the logistic sets form one family,
+        the sequence-model sets, with their own permutation count, another."""
+        corrected = {}
+        for count in {s.permutations for s in self.sets}:
+            family = [s for s in self.sets if s.permutations == count]
+            values = family_p_values([s.summary[metric]["mean"] for s in family], [s.chance_means(metric) for s in family])
+            corrected.update({s.feature_set.name: p for s, p in zip(family, values)})
+        return corrected
+
     @property
     def warnings(self) -> list[str]:
         """What the reader must know before reading any number (printed at the report's top)."""
@@ -84,14 +99,19 @@ def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureS
     sets = enumerate_sets(dump, cfg.kinds, cfg.concatenations)
     if not sets:
         raise ProbeInputError(f"{dump.folder}: none of probe.kinds {cfg.kinds} is in the dump ({', '.join(dump.kinds)})")
-    return dump, labels, left_out, sets + temporal_sets(sets, cfg, labels)
+    sets += temporal_sets(sets, cfg, labels)
+    unknown = [name for name in cfg.timeline_sets if name != BEST and name not in {s.name for s in sets}]
+    if unknown:
+        raise ProbeInputError(f"probe.timeline_sets: {unknown} are not feature sets of this probe (nor {BEST!r})")
+    return dump, labels, left_out, sets
 
 
 def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     dump, labels, left_out, sets = prepare(cfg)
     y, folds = labels.y, labels.folds
     permutations = max(cfg.permutations, cfg.gru.permutations if cfg.sequence_model else 0)
-    labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed) for p in range(permutations)])
+    in_time = dict(videos=labels.videos, times=labels.start_s) if labels.timed else {}
+    labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed, **in_time) for p in range(permutations)])
     load = SetLoader(dump, sets, labels)
     results, not_probed = [], []
     with Parallel(n_jobs=cfg.n_jobs) as parallel:

@@ -92,7 +92,7 @@ def moving_clip(sessions, tmp_path_factory):
         sessions.render_frame(HEIGHT, WIDTH, [] if 10 <= t <= 12 else [moving_face(sessions, t)], rng) for t in range(24)
     ]
     sessions.write_video(folder / "videos" / "walk.mp4", np.stack(frames), fps=FPS)
-    summary = prepare(config(folder, folder / "videos", track__max_gap=3))
+    summary = prepare(config(folder, folder / "videos", track__max_gap_s=0.2))
     return folder, summary
 
 
@@ -128,7 +128,7 @@ def test_interpolated_frames_follow_the_hidden_path(moving_clip, sessions):
 
 def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_path):
     folder, _ = moving_clip
-    cfg = config(folder, folder / "videos", track__max_gap=3)
+    cfg = config(folder, folder / "videos", track__max_gap_s=0.2)
     threads = torch.get_num_threads()
     again = prepare(cfg)
     assert torch.get_num_threads() == threads  # `threads: 1` held for the run only
@@ -146,7 +146,7 @@ def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, t
     """
     folder, default_run = moving_clip
     assert default_run.prepared == 1
-    summary = prepare(config(tmp_path, folder / "videos", track__max_gap=3, skip_bad="true", detector__min_score=1.0))
+    summary = prepare(config(tmp_path, folder / "videos", track__max_gap_s=0.2, skip_bad="true", detector__min_score=1.0))
     assert summary.prepared == 0
     (row,) = read_rows(tmp_path / "out" / "skipped.tsv", delimiter="\t")
     assert row["clip"] == "walk" and row["problem"].startswith("no face found in any of 24 detection frames")
@@ -218,7 +218,8 @@ def vfr_session(sessions, tmp_path_factory):
     steps = np.tile([0.04, 0.12], 15)
     times = np.round(np.concatenate([[0.0], np.cumsum(steps)[:-1]]), 3)
     rng = np.random.default_rng(2)
-    frames = [sessions.render_frame(HEIGHT, WIDTH, [moving_face(sessions, i % 12)], rng) for i in range(len(times))]
+    # the face walks right and back: a continuous path, one track
+    frames = [sessions.render_frame(HEIGHT, WIDTH, [moving_face(sessions, min(i % 22, 22 - i % 22))], rng) for i in range(len(times))]
     sessions.write_video(folder / "videos" / "session.mp4", np.stack(frames), fps=FPS, times=times)
     return folder, times
 

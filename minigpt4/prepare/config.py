@@ -63,7 +63,9 @@ class DetectorConfig:
 class TrackConfig:
     rule: TrackRule = TrackRule.LARGEST
     iou_threshold: float = 0.3  # a box continues a track when it overlaps the track's last box this much
-    max_gap: int = 5  # missed detections in a row that are interpolated; longer gaps are dropped
+    # longest time (s) between two detections of the person that is bridged by interpolation;
+    # a longer gap (the face turned away, covered, out of the picture) is left out of the output
+    max_gap_s: float = 0.25
     min_coverage: float = 0.5  # share of detection frames that must show the face, else the clip is skipped
 
 
@@ -142,7 +144,7 @@ def _check_ranges(cfg: PrepareConfig) -> None:
         "detector.batch_size": cfg.detector.batch_size >= 1,
         "threads": cfg.threads is None or cfg.threads >= 1,
         "track.iou_threshold": 0 < cfg.track.iou_threshold <= 1,
-        "track.max_gap": cfg.track.max_gap >= 0,
+        "track.max_gap_s": cfg.track.max_gap_s >= 0,
         "track.min_coverage": 0 <= cfg.track.min_coverage <= 1,
         "align.size": cfg.align.size >= 16,
         "encoders.batch_size": cfg.encoders.batch_size >= 1,

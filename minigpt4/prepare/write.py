@@ -80,16 +80,23 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 class ClipOutput:
-    """The files of one clip, built under ``.tmp/<clip>/`` and moved into place by ``commit``."""
+    """The files of one clip, built under ``.tmp/<clip>/`` and moved into place by ``commit``.
 
-    def __init__(self, layout: PreparedLayout, clip: str, num_frames: int, size: int):
-        self.layout, self.clip = layout, clip
+    The face pipeline's sink (faces.py): ``start`` opens the clip's folder, ``add`` streams
+    the crops in, ``face`` reads one back.
+    """
+
+    def __init__(self, layout: PreparedLayout, clip: str, size: int):
+        self.layout, self.clip, self.size = layout, clip, size
         self.tmp = layout.root / ".tmp" / clip
+
+    def start(self, count: int) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)  # what a killed run left of this clip
         (self.tmp / "face_frames").mkdir(parents=True)
         (self.tmp / "images").mkdir()
         # frames stream into a file-backed array: a long clip never sits in memory whole
-        self.faces = np.lib.format.open_memmap(self.tmp / "faces.npy", mode="w+", dtype=np.uint8, shape=(num_frames, size, size, 3))
+        shape = (count, self.size, self.size, 3)
+        self.faces = np.lib.format.open_memmap(self.tmp / "faces.npy", mode="w+", dtype=np.uint8, shape=shape)
         self.count = 0
 
     def add(self, faces: np.ndarray) -> None:
@@ -97,6 +104,9 @@ class ClipOutput:
             save_png(self.tmp / "face_frames" / f"{self.clip}_{self.count:05d}.png", face)
             self.faces[self.count] = face
             self.count += 1
+
+    def face(self, index: int) -> np.ndarray:
+        return self.faces[index]
 
     def commit(self, peak_image: np.ndarray, report: dict) -> None:
         if self.count != len(self.faces):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import load_script
 from PIL import Image
 
 from minigpt4.datasets.frames import ClipReadError
+from minigpt4.features.writer import FeatureOutputError
 from minigpt4.prepare.__main__ import main as prepare_main
 from minigpt4.prepare.align import face_template, similarity_transform
 from minigpt4.prepare.config import load_prepare_config
@@ -137,6 +139,30 @@ def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_pa
     redone = prepare(cfg)
     assert (redone.prepared, redone.already_present) == (1, 0)
     assert not (folder / "out" / ".tmp" / "walk").exists()
+
+
+def test_a_rerun_with_other_settings_is_refused_unless_overwrite(moving_clip, tmp_path):
+    """align.size 112 -> 96 into the same output: refused, naming the key; with overwrite the
+    clip is made again and no 112-pixel file is left beside the new ones."""
+    folder, _ = moving_clip
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cfg = config(tmp_path, folder / "videos", track__max_gap_s=0.2, align__size=96)
+    with pytest.raises(FeatureOutputError) as refused:
+        prepare(cfg)
+    assert str(refused.value) == (
+        f"{out} holds files made with other settings (differs in: align.size); refusing to mix them. "
+        "Pass --overwrite to replace them, or choose another --output"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    (out / "face_frames" / "stale").mkdir()  # a clip an earlier run made that this run does not list
+    again = prepare(cfg, overwrite=True)
+    assert (again.prepared, again.already_present) == (1, 0)
+    assert np.load(out / "face_arrays" / "walk.npy").shape[1:] == (96, 96, 3)
+    assert sorted(os.listdir(out / "face_frames")) == ["walk"]
+    assert json.loads((out / "extraction.json").read_text())["align"] == {"size": 96}
+    assert prepare(cfg).already_present == 1  # the same settings again: resumes, refuses nothing
 
 
 def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, tmp_path):

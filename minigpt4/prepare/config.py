@@ -160,5 +160,30 @@ def _check_ranges(cfg: PrepareConfig) -> None:
             raise ConfigError(f"prepare config: encoders.run = true needs encoders.{name}.checkpoint")
 
 
+def written_settings(cfg: PrepareConfig) -> dict:
+    """The settings that change what a clip's files hold: a rerun into the same output with any
+    of them different is refused unless told to overwrite (run.py), so clips of two settings
+    never mix.  Speed and reporting settings (batch sizes, devices, threads) are left out."""
+    detector = cfg.detector
+    return {
+        "sampling": {"fps": cfg.sampling.fps},
+        "detector": {
+            "name": detector.name,
+            "min_face_size": detector.min_face_size,
+            "min_score": detector.min_score,
+            "max_side": detector.max_side,
+            "detect_every": detector.detect_every,
+        },
+        "track": {
+            "rule": cfg.track.rule.value,
+            "iou_threshold": cfg.track.iou_threshold,
+            "max_gap_s": cfg.track.max_gap_s,
+            "min_coverage": cfg.track.min_coverage,
+        },
+        "align": {"size": cfg.align.size},
+        "peak": {"rule": cfg.peak.rule.value, "openface_dir": cfg.peak.openface_dir, "image": cfg.peak.image.value},
+    }
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]

@@ -28,7 +28,8 @@ from tqdm import tqdm
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.datasets.errors import BadClip, write_skipped_report
 from minigpt4.datasets.frames import ClipReadError
-from minigpt4.prepare.config import PrepareConfig
+from minigpt4.features.writer import check_output_fingerprint, record_output_fingerprint
+from minigpt4.prepare.config import PrepareConfig, written_settings
 from minigpt4.prepare.cut import ClipPlan, check_window, list_clip_videos, read_segments, select_frames
 from minigpt4.prepare.decode import VideoSource
 from minigpt4.prepare.detect import FaceDetector, build_detector
@@ -65,10 +66,14 @@ class _ClipJob:
     source: VideoSource
 
 
-def prepare(cfg: PrepareConfig, detector: FaceDetector | None = None) -> PrepareSummary:
-    """Run the whole job; ``detector`` replaces the configured one (tests, other detectors)."""
+def prepare(cfg: PrepareConfig, detector: FaceDetector | None = None, overwrite: bool = False) -> PrepareSummary:
+    """Run the whole job; ``detector`` replaces the configured one (tests, other detectors).
+
+    An output made with other :func:`~minigpt4.prepare.config.written_settings` is refused
+    unless ``overwrite``, which replaces everything prepare wrote there.
+    """
     with torch_threads(cfg.threads):
-        return _prepare(cfg, detector)
+        return _prepare(cfg, detector, overwrite)
 
 
 @contextlib.contextmanager
@@ -87,20 +92,25 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummary:
+def _prepare(cfg: PrepareConfig, detector: FaceDetector | None, overwrite: bool) -> PrepareSummary:
     start = time.perf_counter()
     layout = PreparedLayout(Path(cfg.output))
     summary = PrepareSummary()
+    settings = written_settings(cfg)
+    # a report marks a finished clip: reports without a record are of unknown settings
+    replace = check_output_fingerprint(layout.root, settings, overwrite, outputs=f"{layout.reports.name}/*.json")
     if cfg.input.segments is not None:
         plans = read_segments(cfg.input.segments, cfg.input.videos)
     else:
         plans = list_clip_videos(cfg.input.videos, cfg.input.labels)
-    jobs = _plan(plans, cfg, layout, summary)
+    jobs = _plan(plans, cfg, layout, summary, redo_all=replace)
     if summary.skipped and not cfg.skip_bad:
         clip, file, problem = summary.skipped[0]
         raise ClipReadError(clip, file, f"{problem} (nothing was written; set skip_bad: true to skip such clips)")
     detector = detector or build_detector(cfg.detector)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    if replace:
+        layout.remove_outputs()
+    record_output_fingerprint(layout.root, settings, replace=False)  # creates the root
     for job in tqdm(jobs, desc="prepare", unit="clip", disable=not cfg.progress):
         try:
             _prepare_clip(job, detector, cfg, layout, summary)
@@ -124,12 +134,14 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummar
     return summary
 
 
-def _plan(plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, summary: PrepareSummary) -> list[_ClipJob]:
+def _plan(
+    plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, summary: PrepareSummary, redo_all: bool
+) -> list[_ClipJob]:
     """Open every video once and check every clip, writing nothing."""
     sources: dict[Path, VideoSource | ClipReadError] = {}
     jobs = []
     for plan in plans:
-        if layout.is_done(plan.clip):
+        if not redo_all and layout.is_done(plan.clip):
             summary.already_present += 1
             continue
         if plan.video not in sources:

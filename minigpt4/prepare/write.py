@@ -9,6 +9,7 @@ Under the output root::
     tracks/<clip>.json                   the clip's report; written last, it marks the clip done
     features/<dir>/<clip>.npy            encoder vectors (with encoders.run)
     skipped.tsv, summary.json
+    extraction.json                      the settings the clips were made with (config.written_settings)
 
 A clip is written into ``.tmp/<clip>/`` first and moved into place when complete, its report
 last, so a killed run leaves no clip that looks done; a rerun redoes exactly the clips without
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from minigpt4.common.atomic_io import write_text_atomic
+from minigpt4.datasets.errors import SKIPPED_REPORT
 
 PNG_COMPRESS_LEVEL = 1  # faces are re-read by the encoders; fast writing beats small files
 
@@ -64,6 +66,18 @@ class PreparedLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def skipped(self) -> Path:
+        return self.root / SKIPPED_REPORT
+
+    def remove_outputs(self) -> None:
+        """Everything a prepare run writes (its vectors too: they were computed from its faces);
+        other files in the root stay."""
+        for path in (self.face_frames, self.face_arrays, self.images, self.reports, self.features, self.root / ".tmp"):
+            _remove(path)
+        for path in (self.annotation, self.summary, self.skipped):
+            _remove(path)
 
     def report(self, clip: str) -> Path:
         return self.reports / f"{clip}.json"

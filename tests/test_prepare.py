@@ -273,9 +273,11 @@ def test_segments_follow_timestamps_on_a_variable_frame_rate(vfr_session, tmp_pa
         np.testing.assert_allclose(report["frame_times"], inside - start, atol=1e-3)
         assert len(face_frames(out, clip)) == len(inside)
         assert report["detection_frames"] == len(range(0, len(inside), 3)) + ((len(inside) - 1) % 3 != 0)
+    # the hcmw columns, then who and when: the participant defaults to the session video's name
+    where = {"participant": "session", "video": "session.mp4"}
     assert read_rows(out / "annotations.csv") == [
-        {"uuid": "probe_a", "mw_label": "MW", "test_fold_num": "0"},
-        {"uuid": "probe_b", "mw_label": "NonMW", "test_fold_num": "1"},
+        {"uuid": "probe_a", "mw_label": "MW", "test_fold_num": "0", **where, "start_s": "0.3", "end_s": "0.95"},
+        {"uuid": "probe_b", "mw_label": "NonMW", "test_fold_num": "1", **where, "start_s": "1.0", "end_s": "1.9"},
     ]
 
 
@@ -356,7 +358,9 @@ def test_bad_clips_are_listed_and_good_ones_written(mixed_folder, tmp_path, sess
     assert sorted(os.listdir(out / "face_frames")) == ["rotated", "séance_ü"]
     assert sorted(os.listdir(out / "images")) == ["rotated", "séance_ü"]
     assert not (out / ".tmp").exists()  # no half-built clip left behind
-    assert [row["uuid"] for row in read_rows(out / "annotations.csv")] == ["rotated", "séance_ü"]
+    rows = read_rows(out / "annotations.csv")
+    assert [row["uuid"] for row in rows] == ["rotated", "séance_ü"]
+    assert list(rows[0]) == ["uuid", "mw_label", "test_fold_num", "video", "start_s", "end_s"]  # no participant known
     assert json.loads((out / "tracks" / "rotated.json").read_text())["rotation"] == 90
     # the rotated clip comes out upright: eyes above the mouth, at the template
     for crop in face_frames(out, "rotated")[::4]:

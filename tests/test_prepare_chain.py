@@ -46,7 +46,7 @@ def clip_folder(tmp_path_factory):
             face = sessions.DrawnFace(cy=60.0 + t, cx=60.0 + 4.0 * t, r=24.0, **look)
             frames.append(sessions.render_frame(HEIGHT, WIDTH, [face], rng))
         sessions.write_video(folder / "videos" / f"{clip}.mp4", np.stack(frames), fps=25)
-    lines = ["clip,mw_label,test_fold_num"] + [f"{clip},{label},{i}" for i, (clip, label) in enumerate(CLIPS.items())]
+    lines = ["clip,mw_label,test_fold_num,participant"] + [f"{clip},{label},{i},p{i}" for i, (clip, label) in enumerate(CLIPS.items())]
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -81,10 +81,11 @@ def test_the_command_writes_the_section_6_layout(prepared):
         assert (prepared / "images" / clip / f"{clip}_peak_frame.png").is_file()
         assert len(list((prepared / "face_frames" / clip).glob(f"{clip}_*.png"))) == FRAMES
         assert np.load(prepared / "face_arrays" / f"{clip}.npy").shape == (FRAMES, 224, 224, 3)
+    # a folder of clips: the participant from the labels CSV, the video is the clip's file, no window
     assert (prepared / "annotations.csv").read_text().splitlines() == [
-        "uuid,mw_label,test_fold_num",
-        "clip_a,MW,0",
-        "clip_b,NonMW,1",
+        "uuid,mw_label,test_fold_num,participant,video,start_s,end_s",
+        "clip_a,MW,0,p0,clip_a.mp4,,",
+        "clip_b,NonMW,1,p1,clip_b.mp4,,",
     ]
     summary = json.loads((prepared / "summary.json").read_text())
     assert summary["prepared"] == 2 and summary["frames_written"] == 2 * FRAMES

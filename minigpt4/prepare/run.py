@@ -108,6 +108,11 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None, overwrite: bool)
         clip, file, problem = summary.skipped[0]
         raise ClipReadError(clip, file, f"{problem} (nothing was written; set skip_bad: true to skip such clips)")
     detector = detector or build_detector(cfg.detector)
+    encoders = []
+    if cfg.encoders.run:
+        from minigpt4.prepare.encode import build_encoders  # builds models: only when asked
+
+        encoders = build_encoders(cfg)  # a bad name or weight file stops the run before any clip
     if replace:
         layout.remove_outputs()
     record_output_fingerprint(layout.root, settings, replace=False)  # creates the root
@@ -122,15 +127,15 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None, overwrite: bool)
     with contextlib.suppress(OSError):  # the clips' scratch folder, empty once every clip is in place
         (layout.root / ".tmp").rmdir()
     done = [plan for plan in plans if layout.is_done(plan.clip)]
-    write_annotation(layout, [{"uuid": plan.clip, **plan.labels} for plan in done])
+    write_annotation(layout, [plan.annotation_row() for plan in done])
     if cfg.skip_bad:
         write_skipped_report(layout.root, summary.skipped)
     summary.seconds = time.perf_counter() - start
     write_text_atomic(layout.summary, _summary_json(summary))
-    if cfg.encoders.run:
-        from minigpt4.prepare.encode import run_encoders  # builds models: only when asked
+    if encoders:
+        from minigpt4.prepare.encode import run_encoders
 
-        run_encoders(cfg, layout, [plan.clip for plan in done])
+        run_encoders(cfg, layout, [plan.clip for plan in done], encoders)
     return summary
 
 

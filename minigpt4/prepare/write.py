@@ -2,7 +2,7 @@
 
 Under the output root::
 
-    annotations.csv                      uuid[, mw_label, test_fold_num]  (the hcmw annotation)
+    annotations.csv                      uuid[, mw_label, test_fold_num][, participant], video, start_s, end_s
     images/<clip>/<clip>_peak_frame.png  the peak frame                   (the hcmw image_root)
     face_frames/<clip>/<clip>_00000.png  aligned faces, one per frame     (extract_mae_embedding.py --input)
     face_arrays/<clip>.npy               the same faces, uint8 (T, S, S, 3) (extract_maeVideo_embedding.py --input)
@@ -32,6 +32,10 @@ from PIL import Image
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.datasets.errors import SKIPPED_REPORT
 
+# uuid, mw_label, test_fold_num: what the hcmw dataset reads (the labels only when the input has
+# them); participant (when known), video, start_s, end_s (empty for whole clip videos): who and
+# when, for grouping folds by participant and for timelines
+ANNOTATION_COLUMNS = ("uuid", "mw_label", "test_fold_num", "participant", "video", "start_s", "end_s")
 PNG_COMPRESS_LEVEL = 1  # faces are re-read by the encoders; fast writing beats small files
 
 
@@ -155,8 +159,8 @@ def _remove(path: Path) -> None:
 
 
 def write_annotation(layout: PreparedLayout, rows: list[dict[str, str]]) -> None:
-    """``uuid`` plus whichever label columns the rows carry."""
-    columns = ["uuid"] + [c for c in ("mw_label", "test_fold_num") if any(c in row for row in rows)]
+    """The :data:`ANNOTATION_COLUMNS` the rows carry, in that order: the hcmw reader's three first."""
+    columns = [c for c in ANNOTATION_COLUMNS if any(c in row for row in rows)]
     write_text_atomic(layout.annotation, _csv_text(columns, [[row.get(c, "") for c in columns] for row in rows]))
 
 

@@ -43,6 +43,11 @@ class HCMWRow:
     fold: int
 
 
+def parse_fold(text: str) -> int:
+    """A ``test_fold_num`` cell as the annotation is read: an integer (ValueError otherwise)."""
+    return int(text.strip())
+
+
 def read_annotation(path: Path) -> list[HCMWRow]:
     """Every row of the CSV; a missing column or a non-integer fold stops here."""
     with io.StringIO(read_annotation_text(path), newline="") as handle:
@@ -61,7 +66,7 @@ def read_annotation(path: Path) -> list[HCMWRow]:
             if not clip:
                 raise DataError(f"{path} line {reader.line_num}: empty uuid")
             try:
-                rows.append(HCMWRow(clip, (record["mw_label"] or "").strip(), int(fold)))
+                rows.append(HCMWRow(clip, (record["mw_label"] or "").strip(), parse_fold(fold)))
             except ValueError:
                 raise DataError(
                     f"{path} line {reader.line_num}: test_fold_num {fold!r} of clip {clip!r} is not an integer"

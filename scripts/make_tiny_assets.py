@@ -13,8 +13,9 @@ Writes, only under OUT_DIR:
 - ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
   FaceMAE/VideoMAE/audio vectors) whose drawn faces and tones depend on the label;
 - ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors);
-- ``sessions/``: two session videos of moving drawn faces and a segments CSV, the raw input of
-  the prepare step (``scripts/tiny_sessions.py``).
+- ``sessions/``: four session videos (one participant each) of moving drawn faces with a sound
+  track and a segments CSV (folds grouped by participant), the raw input of the prepare step
+  (``scripts/tiny_sessions.py``).
 
 With the same seed and library versions, every file is byte-identical from run to run
 (videos included: the encoder and muxer run single-threaded in bit-exact mode). The

@@ -89,14 +89,21 @@ class EncoderConfig:
 
 
 @dataclass
+class AudioEncoderConfig:
+    model_dir: Optional[str] = None  # a Hugging Face HuBERT folder; null: no audio vectors
+    dir: str = "HL-UTT"  # folder under <output>/features: the hcmw dataset's audio_dir
+
+
+@dataclass
 class EncodersConfig:
-    run: bool = False  # run FaceMAE and VideoMAE on the prepared faces at the end
+    run: bool = False  # run FaceMAE and VideoMAE (and HuBERT with audio.model_dir) on the prepared clips at the end
     face_mae: EncoderConfig = field(
         default_factory=lambda: EncoderConfig("face_mae_vit_large", "mae_340_UTT")
     )
     video_mae: EncoderConfig = field(
         default_factory=lambda: EncoderConfig("video_mae_vit_large", "maeV_199_UTT")
     )
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     device: str = "cpu"
     batch_size: int = 1
     trust_checkpoint: bool = False

@@ -1,9 +1,10 @@
-"""The optional last step: FaceMAE and VideoMAE vectors of the prepared clips, in process.
+"""The optional last step: FaceMAE, VideoMAE (and HuBERT) vectors of the prepared clips, in process.
 
-The same functions as ``extract_mae_embedding.py`` and ``extract_maeVideo_embedding.py``:
-FaceMAE reads each clip's folder of aligned faces, VideoMAE its face array, and the vectors
-land in ``<output>/features/<dir>/<clip>.npy``, where the hcmw dataset's ``feature_root``
-finds them.  Clips already encoded are skipped, as with the scripts.  The encoders are built
+The same functions as ``extract_mae_embedding.py``, ``extract_maeVideo_embedding.py`` and
+``extract_audio_embedding.py``: FaceMAE reads each clip's folder of aligned faces, VideoMAE
+its face array, HuBERT (with ``encoders.audio.model_dir``) its sound (clips without sound
+have none), and the vectors land in ``<output>/features/<dir>/<clip>.npy``, where the hcmw
+dataset's ``feature_root`` finds them.  Clips already encoded are skipped, as with the scripts.  The encoders are built
 (names checked, weights loaded) before the first clip is prepared: a bad name or checkpoint
 stops the run with nothing written.
 """
@@ -20,6 +21,7 @@ import torch
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.config import ConfigError
 from minigpt4.common.registry import RegistryError
+from minigpt4.features.audio_extract import extract_audio_features
 from minigpt4.features.encoder_extract import (
     build_encoder,
     describe_summary,
@@ -27,6 +29,7 @@ from minigpt4.features.encoder_extract import (
     extract_video_mae_features,
 )
 from minigpt4.models.face_mae import FaceMAE
+from minigpt4.models.hubert_encoder import HubertAudioEncoder
 from minigpt4.models.video_mae import VideoMAE
 from minigpt4.prepare.config import PrepareConfig
 from minigpt4.prepare.write import PreparedLayout
@@ -42,7 +45,7 @@ class EncoderStep:
     dir: str  # its folder under <output>/features
     model: torch.nn.Module
     extract: Callable
-    clip_input: Callable[[PreparedLayout, str], Path]
+    clip_input: Callable[[PreparedLayout, str], Path | None]  # None: the clip has no such input
 
 
 def build_encoders(cfg: PrepareConfig) -> list[EncoderStep]:
@@ -65,7 +68,18 @@ def build_encoders(cfg: PrepareConfig) -> list[EncoderStep]:
         except (RegistryError, CheckpointError, ValueError, OSError) as exc:
             raise ConfigError(f"encoders.{key}: {exc}") from exc
         steps.append(EncoderStep(key, encoder.dir, model, extract, clip_input))
+    if encoders.audio.model_dir is not None:
+        try:
+            hubert = HubertAudioEncoder.from_pretrained(encoders.audio.model_dir)
+        except (ValueError, OSError) as exc:  # OSError: not a model folder, unreadable weights
+            raise ConfigError(f"encoders.audio.model_dir: {exc}") from exc
+        steps.append(EncoderStep("audio", encoders.audio.dir, hubert, extract_audio_features, _clip_sound))
     return steps
+
+
+def _clip_sound(layout: PreparedLayout, clip: str) -> Path | None:
+    path = layout.audio_file(clip)
+    return path if path.is_file() else None
 
 
 def run_encoders(cfg: PrepareConfig, layout: PreparedLayout, clips: list[str], steps: list[EncoderStep]) -> None:
@@ -73,7 +87,7 @@ def run_encoders(cfg: PrepareConfig, layout: PreparedLayout, clips: list[str], s
         output_dir = layout.features / step.dir
         summary = step.extract(
             step.model,
-            [step.clip_input(layout, clip) for clip in clips],
+            [path for path in (step.clip_input(layout, clip) for clip in clips) if path is not None],
             output_dir,
             device=cfg.encoders.device,
             batch_size=cfg.encoders.batch_size,

@@ -1,15 +1,18 @@
-"""Videos -> aligned faces, peak frames and the annotation CSV, clip by clip.
+"""Videos -> aligned faces, peak frames, sound and the annotation CSV, clip by clip.
 
-1. The clips are listed (a folder of videos, or session videos cut by a segments CSV) and
-   every video is opened and checked before anything is written: a bad segments row stops
-   the run; an unreadable video (empty, corrupt, audio only) stops it too unless
-   ``skip_bad``, which lists it in ``skipped.tsv``.  Clips with a report are done and kept.
+1. An output made with other settings is refused unless ``overwrite``.  The clips are listed
+   (a folder of videos, or session videos cut by a segments CSV) and every video is opened
+   and checked before anything is written: a bad segments row stops the run; an unreadable
+   video (empty, corrupt, audio only) stops it too unless ``skip_bad``, which lists it in
+   ``skipped.tsv``.  With ``encoders.run`` the encoders are built.  Clips with a report are
+   done and kept.
 2. Per clip, the face pipeline (faces.py: detect, track, re-detect, align, peak frame)
    streams the crops into the clip's temporary folder; a clip whose face shows in too few
-   detection frames is skipped (or stops the run without ``skip_bad``); a finished clip is
-   moved into place, its report last (write.py).
-4. The annotation CSV, ``skipped.tsv`` and ``summary.json`` are written; with
-   ``encoders.run`` the FaceMAE and VideoMAE vectors follow.
+   detection frames is skipped (or stops the run without ``skip_bad``).  The clip's window
+   of the video's sound is cut at 16 kHz mono; a finished clip is moved into place, its
+   report last (write.py).
+3. The annotation CSV, ``skipped.tsv`` and ``summary.json`` are written; with
+   ``encoders.run`` the FaceMAE, VideoMAE (and HuBERT) vectors follow.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from minigpt4.common.atomic_io import write_text_atomic
+from minigpt4.datasets.audio_track import read_audio_window
 from minigpt4.datasets.errors import BadClip, write_skipped_report
 from minigpt4.datasets.frames import ClipReadError
 from minigpt4.features.writer import check_output_fingerprint, record_output_fingerprint
@@ -39,6 +43,8 @@ from minigpt4.prepare.write import ClipOutput, PreparedLayout, write_annotation
 
 logger = logging.getLogger(__name__)
 
+AUDIO_SAMPLE_RATE = 16_000  # the clips' sound: the rate HuBERT (extract_audio_embedding.py) reads
+
 
 @dataclass
 class PrepareSummary:
@@ -48,6 +54,7 @@ class PrepareSummary:
     frames_decoded: int = 0  # frames kept from the clips' windows (after sampling)
     frames_detected: int = 0  # frames the detector ran on
     frames_written: int = 0  # aligned faces written
+    without_sound: int = 0  # prepared clips whose video has no (usable) audio track
     coverage: list[float] = field(default_factory=list)  # per prepared clip
     seconds: float = 0.0
 
@@ -56,7 +63,7 @@ class PrepareSummary:
         return (
             f"{self.prepared} clips prepared, {self.already_present} already present, {len(self.skipped)} skipped; "
             f"{self.frames_written} face frames of {self.frames_decoded} kept ({self.frames_detected} detected), "
-            f"mean face coverage {coverage}, {self.seconds:.1f} s"
+            f"mean face coverage {coverage}, {self.without_sound} without sound, {self.seconds:.1f} s"
         )
 
 
@@ -182,7 +189,8 @@ def _prepare_clip(
         if result.outcome is not FaceOutcome.FACE:
             raise ClipReadError(plan.clip, plan.video, result.problem)
         report = {"clip": plan.clip, "video": str(plan.video), "start_s": plan.start_s, "end_s": plan.end_s}
-        output.commit(result.peak_image, report | {"rotation": source.rotation} | result.report)
+        report |= {"rotation": source.rotation} | _cut_audio(plan, output, summary)
+        output.commit(result.peak_image, report | result.report)
     except PeakError as exc:
         output.abandon()
         raise ClipReadError(plan.clip, plan.video, str(exc)) from exc
@@ -192,6 +200,18 @@ def _prepare_clip(
     summary.prepared += 1
     summary.frames_written += len(result.written)
     summary.coverage.append(result.coverage)
+
+
+def _cut_audio(plan: ClipPlan, output: ClipOutput, summary: PrepareSummary) -> dict:
+    """The clip's window of its video's sound into the clip's files; a video without (usable)
+    sound gives a clip without sound, said in its report, never a made-up silence."""
+    try:
+        samples = read_audio_window(plan.video, plan.start_s, plan.end_s, AUDIO_SAMPLE_RATE, plan.clip)
+    except ClipReadError as exc:
+        summary.without_sound += 1
+        return {"audio_seconds": None, "no_audio": exc.problem}
+    output.add_audio(samples, AUDIO_SAMPLE_RATE)
+    return {"audio_seconds": round(len(samples) / AUDIO_SAMPLE_RATE, 4)}
 
 
 def _summary_json(summary: PrepareSummary) -> str:

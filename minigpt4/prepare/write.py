@@ -6,6 +6,8 @@ Under the output root::
     images/<clip>/<clip>_peak_frame.png  the peak frame                   (the hcmw image_root)
     face_frames/<clip>/<clip>_00000.png  aligned faces, one per frame     (extract_mae_embedding.py --input)
     face_arrays/<clip>.npy               the same faces, uint8 (T, S, S, 3) (extract_maeVideo_embedding.py --input)
+    audio/<clip>.wav                     the clip's sound, 16 kHz mono float (extract_audio_embedding.py --input);
+                                         none for a video without sound
     tracks/<clip>.json                   the clip's report; written last, it marks the clip done
     features/<dir>/<clip>.npy            encoder vectors (with encoders.run)
     skipped.tsv, summary.json
@@ -26,6 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -50,6 +53,13 @@ class PreparedLayout:
     @property
     def face_arrays(self) -> Path:
         return self.root / "face_arrays"
+
+    @property
+    def audio(self) -> Path:
+        return self.root / "audio"
+
+    def audio_file(self, clip: str) -> Path:
+        return self.audio / f"{clip}.wav"
 
     @property
     def images(self) -> Path:
@@ -78,7 +88,7 @@ class PreparedLayout:
     def remove_outputs(self) -> None:
         """Everything a prepare run writes (its vectors too: they were computed from its faces);
         other files in the root stay."""
-        for path in (self.face_frames, self.face_arrays, self.images, self.reports, self.features, self.root / ".tmp"):
+        for path in (self.face_frames, self.face_arrays, self.audio, self.images, self.reports, self.features, self.root / ".tmp"):
             _remove(path)
         for path in (self.annotation, self.summary, self.skipped):
             _remove(path)
@@ -95,6 +105,17 @@ class PreparedLayout:
 
 def save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, compress_level=PNG_COMPRESS_LEVEL)
+
+
+def save_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """float32 mono samples as a 32-bit float WAV: read back (minigpt4.datasets.audio_track), the same samples."""
+    with av.open(str(path), mode="w", format="wav", container_options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("pcm_f32le", rate=sample_rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = sample_rate, 0
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
 
 
 class ClipOutput:
@@ -126,6 +147,9 @@ class ClipOutput:
     def face(self, index: int) -> np.ndarray:
         return self.faces[index]
 
+    def add_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        save_wav(self.tmp / "audio.wav", samples, sample_rate)
+
     def commit(self, peak_image: np.ndarray, report: dict) -> None:
         if self.count != len(self.faces):
             raise RuntimeError(f"clip {self.clip!r}: {self.count} of {len(self.faces)} faces written")
@@ -137,6 +161,10 @@ class ClipOutput:
             self.tmp / "faces.npy": self.layout.face_arrays / f"{self.clip}.npy",
             self.tmp / "images": self.layout.images / self.clip,
         }
+        if (self.tmp / "audio.wav").is_file():
+            moves[self.tmp / "audio.wav"] = self.layout.audio_file(self.clip)
+        else:
+            _remove(self.layout.audio_file(self.clip))  # an earlier attempt's: this clip has no sound
         for source, target in moves.items():
             target.parent.mkdir(parents=True, exist_ok=True)
             _remove(target)  # an unfinished earlier attempt: the clip has no report yet

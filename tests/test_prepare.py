@@ -16,7 +16,6 @@ from PIL import Image
 
 from minigpt4.datasets.frames import ClipReadError
 from minigpt4.features.writer import FeatureOutputError
-from minigpt4.prepare.__main__ import main as prepare_main
 from minigpt4.prepare.align import face_template, similarity_transform
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.cut import SegmentError

@@ -4,7 +4,6 @@ and the in-memory entry point that must give what the file job writes, byte for 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

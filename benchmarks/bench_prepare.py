@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
 from benchmarks.common import load_script, machine_info
 from minigpt4.prepare.align import align_faces
 from minigpt4.prepare.config import load_prepare_config
-from minigpt4.prepare.decode import VideoSource
+from minigpt4.prepare.decode import VideoSource, read_in_chunks
 from minigpt4.prepare.detect import MTCNNDetector
 from minigpt4.prepare.run import prepare
 from minigpt4.prepare.write import ClipOutput, PreparedLayout
@@ -60,7 +60,7 @@ def bench_stages(video: Path, out: Path, args) -> None:
     source = VideoSource(video, "bench")
     indices = list(range(source.num_frames))
     start = time.perf_counter()
-    frames = np.concatenate([chunk for _, chunk in source.iter_chunks(indices, args.batch_size)])
+    frames = np.concatenate([chunk for _, chunk in read_in_chunks(source, indices, args.batch_size)])
     decode_s = time.perf_counter() - start
 
     detector = MTCNNDetector(args.min_face_size, 0.9, None, args.device)
@@ -76,8 +76,9 @@ def bench_stages(video: Path, out: Path, args) -> None:
     )
     align_s = time.perf_counter() - start
 
-    output = ClipOutput(PreparedLayout(out / "stages"), "bench", len(faces), 224)
+    output = ClipOutput(PreparedLayout(out / "stages"), "bench", 224)
     start = time.perf_counter()
+    output.start(len(faces))
     output.add(faces)
     output.commit(faces[0], {})
     write_s = time.perf_counter() - start

@@ -39,13 +39,15 @@ for file in "$DEMO_DIR"/features/*.npy "$DEMO_DIR/features/names.txt"; do
 done
 echo "the dump from shards is byte-identical to the dump from the folders"
 
-step "3/6 (prepare) raw session videos -> tracked, aligned faces cut into probe windows -> $DEMO_DIR/prepared"
+step "3/6 (prepare) raw session videos -> tracked, aligned faces and sound cut into probe windows -> $DEMO_DIR/prepared"
 export DEMO_PREPARED="$DEMO_DIR/prepared"
-"$PYTHON" -m minigpt4.prepare --cfg-path eval_configs/demo_prepare.yaml
+"$PYTHON" -m minigpt4.prepare --cfg-path eval_configs/demo_prepare.yaml --overwrite
 "$PYTHON" extract_mae_embedding.py --input "$DEMO_PREPARED/face_frames" --output "$DEMO_PREPARED/features/mae_340_UTT" \
     --checkpoint "$TINY_ASSETS/weights/mae_face_tiny.pth" --model face_mae_tiny --device cpu --num_workers 0
 "$PYTHON" extract_maeVideo_embedding.py --input "$DEMO_PREPARED/face_arrays" --output "$DEMO_PREPARED/features/maeV_199_UTT" \
     --checkpoint "$TINY_ASSETS/weights/video_mae_tiny.pth" --model video_mae_tiny --device cpu --num_workers 0
+"$PYTHON" extract_audio_embedding.py --input "$DEMO_PREPARED/audio" --output "$DEMO_PREPARED/features/HL-UTT" \
+    --model_dir "$TINY_ASSETS/hubert" --device cpu --num_workers 0
 "$PYTHON" eval_emotion.py --cfg-path eval_configs/demo_prepared.yaml --dataset hcmw_caption
 
 step "4/6 which dumped features detect mind wandering (fold-wise probe) -> $DEMO_DIR/probe"

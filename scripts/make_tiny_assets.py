@@ -13,8 +13,9 @@ Writes, only under OUT_DIR:
 - ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
   FaceMAE/VideoMAE/audio vectors) whose drawn faces and tones depend on the label;
 - ``mer/``: a MER-format emotion dataset (annotation, transcript, videos, feature vectors);
-- ``sessions/``: two session videos of moving drawn faces and a segments CSV, the raw input of
-  the prepare step (``scripts/tiny_sessions.py``).
+- ``sessions/``: four session videos (one participant each) of moving drawn faces with a sound
+  track and a segments CSV (folds grouped by participant), the raw input of the prepare step
+  (``scripts/tiny_sessions.py``).
 
 With the same seed and library versions, every file is byte-identical from run to run
 (videos included: the encoder and muxer run single-threaded in bit-exact mode). The
@@ -33,7 +34,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import av
 import numpy as np
 import sentencepiece as spm
 import torch
@@ -155,7 +155,6 @@ HCMW_AUDIO_DIR = "HL-UTT"  # audio vectors beside the FaceMAE / VideoMAE ones, n
 
 FRAME_SIZE = 96
 VIDEO_FPS = 25
-VIDEO_BIT_RATE = 4_000_000
 HCMW_FRAMES = 32
 HCMW_FOLDS = 3
 HCMW_CLIPS_PER_LABEL_PER_FOLD = 4
@@ -550,31 +549,10 @@ def render_clip(face: Face, n_frames: int, rng: np.random.Generator) -> np.ndarr
 
 
 def write_video(path: Path, frames: np.ndarray, audio: np.ndarray | None = None) -> None:
-    """MPEG-4 part 2, yuv420p, single-threaded and bit-exact so the bytes are reproducible.
-
-    The container (mp4 or avi) follows the file suffix.  ``audio`` (float32 mono at
-    ``AUDIO_SAMPLE_RATE``) becomes a sound track in ALAC: lossless and integer-only, so its
-    bytes are reproducible too (AAC's float encoder need not be) and it decodes to the
-    16-bit samples written.
-    """
-    with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("mpeg4", rate=VIDEO_FPS, options={"flags": "+bitexact"})
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.bit_rate = VIDEO_BIT_RATE
-        stream.codec_context.thread_count = 1
-        if audio is not None:
-            sound = container.add_stream("alac", rate=AUDIO_SAMPLE_RATE, options={"flags": "+bitexact"})
-            sound.layout, sound.format = "mono", "s16p"
-        for image in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())  # flush
-        if audio is not None:
-            samples = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(samples[None], format="s16p", layout="mono")
-            frame.sample_rate, frame.pts = AUDIO_SAMPLE_RATE, 0
-            container.mux(sound.encode(frame))
-            container.mux(sound.encode())  # flush
+    """MPEG-4 part 2 at VIDEO_FPS, bit-exact (``tiny_sessions.write_video``, the one video writer of
+    the generated data); ``audio`` (float32 mono at ``AUDIO_SAMPLE_RATE``) becomes a lossless ALAC
+    sound track that decodes to the 16-bit samples written."""
+    load_tiny_sessions().write_video(path, frames, fps=VIDEO_FPS, audio=audio, sample_rate=AUDIO_SAMPLE_RATE)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -680,13 +658,19 @@ def make_mer(root: Path, rng: np.random.Generator) -> dict[str, Path]:
 # =========================================================================== session videos
 
 
+def load_tiny_sessions():
+    """``scripts/tiny_sessions.py`` (the drawn faces, the video writer, the sessions), loaded by
+    file once: ``scripts/`` is not a package."""
+    if "tiny_sessions" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("tiny_sessions", Path(__file__).with_name("tiny_sessions.py"))
+        tiny_sessions = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = tiny_sessions  # its dataclasses look their module up there
+        spec.loader.exec_module(tiny_sessions)
+    return sys.modules["tiny_sessions"]
+
+
 def make_sessions(root: Path, rng: np.random.Generator) -> dict[str, Path]:
-    """``scripts/tiny_sessions.py``'s sessions, loaded by file: ``scripts/`` is not a package."""
-    spec = importlib.util.spec_from_file_location("tiny_sessions", Path(__file__).with_name("tiny_sessions.py"))
-    tiny_sessions = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tiny_sessions  # its dataclasses look their module up there
-    spec.loader.exec_module(tiny_sessions)
-    return tiny_sessions.make_sessions(root, rng)
+    return load_tiny_sessions().make_sessions(root, rng)
 
 
 # =========================================================================== entry points

@@ -1,10 +1,12 @@
-"""Generated "session" recordings for the prepare step: drawn faces that move, a segments CSV.
+"""Generated "session" recordings for the prepare step: drawn faces that move, a sound track, a segments CSV.
 
-A study records long sessions and cuts a window before each thought probe.  This module
-draws such sessions (a face moving along a known path, its look following the label of the
-window it is in; in one session a second, smaller face crosses the frame) and the segments
-CSV that cuts them.  The faces carry what a face detector looks for (shaded head, hair,
-eye sockets, brows, nose, nostrils, lips), so a real detector finds them; ``face_landmarks``
+A study records long sessions of each participant and cuts a window before each thought
+probe.  This module draws such sessions (a face moving along a known path, its look and the
+pitch of the sound following the label of the window it is in; in one session a second,
+smaller face crosses the frame) and the segments CSV that cuts them: one participant per
+session, the participants split into folds (never one participant in two folds), both labels
+in every fold.  The faces carry what a face detector looks for (shaded head, hair, eye
+sockets, brows, nose, nostrils, lips), so a real detector finds them; ``face_landmarks``
 gives where their five landmarks were drawn.  Everything is deterministic for a seed.
 
 Used by ``scripts/make_tiny_assets.py`` (part ``sessions``) and by the prepare tests.
@@ -33,9 +35,12 @@ BACKGROUND = (100.0, 115.0, 110.0)
 SESSION_HEIGHT, SESSION_WIDTH = 180, 320
 SESSION_FPS = 10
 SESSION_SECONDS = 10.0
+SESSIONS = 4  # one participant each
 SEGMENTS_PER_SESSION = 5
 SEGMENT_SECONDS = 1.6
-SESSION_FOLDS = 3
+SESSION_FOLDS = 2  # the participants split into this many folds
+SESSION_SAMPLE_RATE = 44_100  # a recorder's rate: prepare resamples the clips' sound to 16 kHz
+SESSION_TONE_HZ = {"MW": 220.0, "NonMW": 440.0, None: 330.0}  # the sound's pitch: the window's label, or between windows
 VIDEO_BIT_RATE = 4_000_000
 
 
@@ -128,17 +133,24 @@ def write_video(
     fps: float = 25,
     times: Sequence[float] | None = None,
     rotation: int = 0,
+    audio: np.ndarray | None = None,
+    sample_rate: int = SESSION_SAMPLE_RATE,
 ) -> Path:
     """MPEG-4 in mp4/avi (by suffix), single-threaded and bit-exact, so the bytes are reproducible.
 
     ``times`` (seconds, increasing) gives each frame its own presentation time: a variable
     frame rate.  ``rotation`` (degrees counter-clockwise, a multiple of 90) stores the frames
     turned the other way with that display rotation in the metadata, as a phone does: a
-    player (or a reader honouring the metadata) shows them upright.
+    player (or a reader honouring the metadata) shows them upright.  ``audio`` (float mono in
+    [-1, 1] at ``sample_rate``, starting with the first frame) becomes a sound track in ALAC:
+    lossless and integer-only, so its bytes are reproducible too.
     """
     time_base = fractions.Fraction(1, 1000)
     with av.open(str(path), mode="w", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("mpeg4", rate=fractions.Fraction(fps).limit_denominator(1000), options={"flags": "+bitexact"})
+        if audio is not None:
+            sound = container.add_stream("alac", rate=sample_rate, options={"flags": "+bitexact"})
+            sound.layout, sound.format = "mono", "s16p"
         coded = np.rot90(frames, k=-(rotation // 90), axes=(1, 2)) if rotation else frames
         stream.width, stream.height = coded.shape[2], coded.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -154,6 +166,12 @@ def write_video(
                 frame.pts, frame.time_base = round(times[i] * 1000), time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush
+        if audio is not None:
+            samples = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(samples[None], format="s16p", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, 0
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode())  # flush
     return path
 
 
@@ -186,12 +204,26 @@ def crossing_face(t: float) -> DrawnFace:
     return DrawnFace(SESSION_HEIGHT / 2 + 10, -20 + (SESSION_WIDTH + 40) * t / SESSION_SECONDS, 18.0, skin=COOL_SKIN)
 
 
+def session_sound(windows: Sequence[tuple[float, float]], labels: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """float32 mono at SESSION_SAMPLE_RATE over the session: a tone whose pitch follows the label of
+    the window each moment lies in (quieter, at a third pitch, between windows), a little noise."""
+    t = np.arange(int(SESSION_SECONDS * SESSION_SAMPLE_RATE)) / SESSION_SAMPLE_RATE
+    pitch = np.full(t.size, SESSION_TONE_HZ[None])
+    loudness = np.full(t.size, 0.1)
+    for (start, end), label in zip(windows, labels):
+        inside = (t >= start) & (t < end)
+        pitch[inside], loudness[inside] = SESSION_TONE_HZ[label], 0.4
+    phase = 2 * np.pi * np.cumsum(pitch) / SESSION_SAMPLE_RATE  # continuous where the pitch changes
+    return (loudness * np.sin(phase) + rng.normal(0.0, 0.01, t.size)).astype(np.float32)
+
+
 def make_sessions(root: Path, rng: np.random.Generator, labels: Sequence[str] = ("MW", "NonMW")) -> dict[str, Path]:
-    """Two session videos and ``segments.csv`` (video, clip, start_s, end_s, mw_label, test_fold_num)."""
+    """SESSIONS session videos with sound and ``segments.csv`` (video, clip, start_s, end_s,
+    mw_label, test_fold_num, participant): participant k's session is fold k * SESSION_FOLDS // SESSIONS."""
     paths = {"sessions_root": root, "sessions_videos": root / "videos", "sessions_segments": root / "segments.csv"}
     paths["sessions_videos"].mkdir(parents=True, exist_ok=True)
     rows = []
-    for session in range(2):
+    for session in range(SESSIONS):
         video = f"session_{session}.mp4"
         windows = session_windows()
         window_labels = [labels[(session + k) % len(labels)] for k in range(len(windows))]
@@ -204,12 +236,13 @@ def make_sessions(root: Path, rng: np.random.Generator, labels: Sequence[str] = 
             if session == 1:
                 faces.insert(0, crossing_face(t))
             frames.append(render_frame(SESSION_HEIGHT, SESSION_WIDTH, faces, rng))
-        write_video(paths["sessions_videos"] / video, np.stack(frames), fps=SESSION_FPS)
+        sound = session_sound(windows, window_labels, rng)
+        write_video(paths["sessions_videos"] / video, np.stack(frames), fps=SESSION_FPS, audio=sound)
+        fold = session * SESSION_FOLDS // SESSIONS
         for k, ((start, end), label) in enumerate(zip(windows, window_labels)):
-            clip = f"s{session}_probe{k}"
-            rows.append((video, clip, start, end, label, (session * len(windows) + k) % SESSION_FOLDS))
+            rows.append((video, f"s{session}_probe{k}", start, end, label, fold, f"participant_{session}"))
     with paths["sessions_segments"].open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["video", "clip", "start_s", "end_s", "mw_label", "test_fold_num"])
+        writer.writerow(["video", "clip", "start_s", "end_s", "mw_label", "test_fold_num", "participant"])
         writer.writerows(rows)
     return paths

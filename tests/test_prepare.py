@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import load_script
 from PIL import Image
 
 from minigpt4.datasets.frames import ClipReadError
-from minigpt4.prepare.__main__ import main as prepare_main
+from minigpt4.features.writer import FeatureOutputError
 from minigpt4.prepare.align import face_template, similarity_transform
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.cut import SegmentError
@@ -92,7 +93,7 @@ def moving_clip(sessions, tmp_path_factory):
         sessions.render_frame(HEIGHT, WIDTH, [] if 10 <= t <= 12 else [moving_face(sessions, t)], rng) for t in range(24)
     ]
     sessions.write_video(folder / "videos" / "walk.mp4", np.stack(frames), fps=FPS)
-    summary = prepare(config(folder, folder / "videos", track__max_gap=3))
+    summary = prepare(config(folder, folder / "videos", track__max_gap_s=0.2))
     return folder, summary
 
 
@@ -128,7 +129,7 @@ def test_interpolated_frames_follow_the_hidden_path(moving_clip, sessions):
 
 def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_path):
     folder, _ = moving_clip
-    cfg = config(folder, folder / "videos", track__max_gap=3)
+    cfg = config(folder, folder / "videos", track__max_gap_s=0.2)
     threads = torch.get_num_threads()
     again = prepare(cfg)
     assert torch.get_num_threads() == threads  # `threads: 1` held for the run only
@@ -139,6 +140,30 @@ def test_rerun_skips_done_clips_and_redoes_an_unfinished_one(moving_clip, tmp_pa
     assert not (folder / "out" / ".tmp" / "walk").exists()
 
 
+def test_a_rerun_with_other_settings_is_refused_unless_overwrite(moving_clip, tmp_path):
+    """align.size 112 -> 96 into the same output: refused, naming the key; with overwrite the
+    clip is made again and no 112-pixel file is left beside the new ones."""
+    folder, _ = moving_clip
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cfg = config(tmp_path, folder / "videos", track__max_gap_s=0.2, align__size=96)
+    with pytest.raises(FeatureOutputError) as refused:
+        prepare(cfg)
+    assert str(refused.value) == (
+        f"{out} holds files made with other settings (differs in: align.size); refusing to mix them. "
+        "Pass --overwrite to replace them, or choose another --output"
+    )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    (out / "face_frames" / "stale").mkdir()  # a clip an earlier run made that this run does not list
+    again = prepare(cfg, overwrite=True)
+    assert (again.prepared, again.already_present) == (1, 0)
+    assert np.load(out / "face_arrays" / "walk.npy").shape[1:] == (96, 96, 3)
+    assert sorted(os.listdir(out / "face_frames")) == ["walk"]
+    assert json.loads((out / "extraction.json").read_text())["align"] == {"size": 96}
+    assert prepare(cfg).already_present == 1  # the same settings again: resumes, refuses nothing
+
+
 def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, tmp_path):
     """The clip the default min_score (0.9) prepares is skipped when no confidence can reach min_score.
 
@@ -146,7 +171,7 @@ def test_min_score_above_every_detection_leaves_the_clip_faceless(moving_clip, t
     """
     folder, default_run = moving_clip
     assert default_run.prepared == 1
-    summary = prepare(config(tmp_path, folder / "videos", track__max_gap=3, skip_bad="true", detector__min_score=1.0))
+    summary = prepare(config(tmp_path, folder / "videos", track__max_gap_s=0.2, skip_bad="true", detector__min_score=1.0))
     assert summary.prepared == 0
     (row,) = read_rows(tmp_path / "out" / "skipped.tsv", delimiter="\t")
     assert row["clip"] == "walk" and row["problem"].startswith("no face found in any of 24 detection frames")
@@ -218,7 +243,8 @@ def vfr_session(sessions, tmp_path_factory):
     steps = np.tile([0.04, 0.12], 15)
     times = np.round(np.concatenate([[0.0], np.cumsum(steps)[:-1]]), 3)
     rng = np.random.default_rng(2)
-    frames = [sessions.render_frame(HEIGHT, WIDTH, [moving_face(sessions, i % 12)], rng) for i in range(len(times))]
+    # the face walks right and back: a continuous path, one track
+    frames = [sessions.render_frame(HEIGHT, WIDTH, [moving_face(sessions, min(i % 22, 22 - i % 22))], rng) for i in range(len(times))]
     sessions.write_video(folder / "videos" / "session.mp4", np.stack(frames), fps=FPS, times=times)
     return folder, times
 
@@ -246,9 +272,11 @@ def test_segments_follow_timestamps_on_a_variable_frame_rate(vfr_session, tmp_pa
         np.testing.assert_allclose(report["frame_times"], inside - start, atol=1e-3)
         assert len(face_frames(out, clip)) == len(inside)
         assert report["detection_frames"] == len(range(0, len(inside), 3)) + ((len(inside) - 1) % 3 != 0)
+    # the hcmw columns, then who and when: the participant defaults to the session video's name
+    where = {"participant": "session", "video": "session.mp4"}
     assert read_rows(out / "annotations.csv") == [
-        {"uuid": "probe_a", "mw_label": "MW", "test_fold_num": "0"},
-        {"uuid": "probe_b", "mw_label": "NonMW", "test_fold_num": "1"},
+        {"uuid": "probe_a", "mw_label": "MW", "test_fold_num": "0", **where, "start_s": "0.3", "end_s": "0.95"},
+        {"uuid": "probe_b", "mw_label": "NonMW", "test_fold_num": "1", **where, "start_s": "1.0", "end_s": "1.9"},
     ]
 
 
@@ -329,7 +357,9 @@ def test_bad_clips_are_listed_and_good_ones_written(mixed_folder, tmp_path, sess
     assert sorted(os.listdir(out / "face_frames")) == ["rotated", "séance_ü"]
     assert sorted(os.listdir(out / "images")) == ["rotated", "séance_ü"]
     assert not (out / ".tmp").exists()  # no half-built clip left behind
-    assert [row["uuid"] for row in read_rows(out / "annotations.csv")] == ["rotated", "séance_ü"]
+    rows = read_rows(out / "annotations.csv")
+    assert [row["uuid"] for row in rows] == ["rotated", "séance_ü"]
+    assert list(rows[0]) == ["uuid", "mw_label", "test_fold_num", "video", "start_s", "end_s"]  # no participant known
     assert json.loads((out / "tracks" / "rotated.json").read_text())["rotation"] == 90
     # the rotated clip comes out upright: eyes above the mouth, at the template
     for crop in face_frames(out, "rotated")[::4]:

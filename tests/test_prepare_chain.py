@@ -1,10 +1,12 @@
-"""Prepared output feeds the existing tools unchanged: both encoder scripts and the hcmw dataset.
+"""Prepared output feeds the existing tools unchanged: the encoder scripts and the hcmw dataset.
 
-Also the command line, the encoders run in process, and the peak-frame options end to end.
+Also the command line, the encoders run in process, the peak-frame options end to end, and make
+demo's prepare step (generated sessions -> prepare -> three encoders -> dump).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -14,11 +16,15 @@ import torch
 from conftest import load_script
 from PIL import Image
 
+import eval_emotion
+import extract_audio_embedding
 import extract_mae_embedding
 import extract_maeVideo_embedding
 from minigpt4.common.registry import registry
+from minigpt4.datasets.audio_track import read_audio_track
 from minigpt4.prepare.__main__ import main as prepare_main
 
+ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, FRAMES = 128, 160, 10
 CLIPS = {"clip_a": "MW", "clip_b": "NonMW"}
 
@@ -46,7 +52,7 @@ def clip_folder(tmp_path_factory):
             face = sessions.DrawnFace(cy=60.0 + t, cx=60.0 + 4.0 * t, r=24.0, **look)
             frames.append(sessions.render_frame(HEIGHT, WIDTH, [face], rng))
         sessions.write_video(folder / "videos" / f"{clip}.mp4", np.stack(frames), fps=25)
-    lines = ["clip,mw_label,test_fold_num"] + [f"{clip},{label},{i}" for i, (clip, label) in enumerate(CLIPS.items())]
+    lines = ["clip,mw_label,test_fold_num,participant"] + [f"{clip},{label},{i},p{i}" for i, (clip, label) in enumerate(CLIPS.items())]
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -71,6 +77,7 @@ def prepared(clip_folder, tiny_assets, tmp_path_factory):
         "encoders.video_mae.model=video_mae_tiny",
         f"encoders.video_mae.checkpoint={tiny_assets['video_mae_ckpt']}",
         "encoders.batch_size=2",
+        f"encoders.audio.model_dir={tiny_assets['hubert_dir']}",  # the clips have no sound: no audio vectors
     ]
     assert prepare_main(["--cfg-path", str(cfg), "--options", *options]) == 0
     return folder / "out"
@@ -81,13 +88,25 @@ def test_the_command_writes_the_section_6_layout(prepared):
         assert (prepared / "images" / clip / f"{clip}_peak_frame.png").is_file()
         assert len(list((prepared / "face_frames" / clip).glob(f"{clip}_*.png"))) == FRAMES
         assert np.load(prepared / "face_arrays" / f"{clip}.npy").shape == (FRAMES, 224, 224, 3)
+    # a folder of clips: the participant from the labels CSV, the video is the clip's file, no window
     assert (prepared / "annotations.csv").read_text().splitlines() == [
-        "uuid,mw_label,test_fold_num",
-        "clip_a,MW,0",
-        "clip_b,NonMW,1",
+        "uuid,mw_label,test_fold_num,participant,video,start_s,end_s",
+        "clip_a,MW,0,p0,clip_a.mp4,,",
+        "clip_b,NonMW,1,p1,clip_b.mp4,,",
     ]
     summary = json.loads((prepared / "summary.json").read_text())
     assert summary["prepared"] == 2 and summary["frames_written"] == 2 * FRAMES
+
+
+def test_a_video_without_sound_gives_a_clip_without_sound(prepared):
+    """No wav is made up: the report says why there is none, the summary counts it, HuBERT has nothing to encode."""
+    report = json.loads((prepared / "tracks" / "clip_a.json").read_text())
+    assert report["audio_seconds"] is None
+    assert report["no_audio"] == "no audio track (the file holds no sound to encode)"
+    assert not (prepared / "audio").exists()
+    assert json.loads((prepared / "summary.json").read_text())["without_sound"] == 2
+    assert (prepared / "features" / "HL-UTT" / "extraction.json").is_file()
+    assert not list((prepared / "features" / "HL-UTT").glob("*.npy"))
 
 
 def test_the_encoder_scripts_read_the_prepared_faces_and_agree_with_the_in_process_run(prepared, tiny_assets, tmp_path):
@@ -166,24 +185,110 @@ def test_the_command_reports_bad_input_in_one_line(clip_folder, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_demo_sessions_cut_into_labelled_clips_with_the_main_face(tiny_assets, tmp_path):
-    """The generated sessions (make_tiny_assets part `sessions`): every window lies inside its
-    video, and the two windows of the session with a crossing face keep the main (warm) face."""
-    from minigpt4.prepare.cut import read_segments
-    from minigpt4.prepare.decode import VideoSource
+# --------------------------------------------------------------------------- make demo's prepare step
 
+
+@pytest.fixture(scope="module")
+def demo_chain(tiny_assets, tmp_path_factory):
+    """scripts/demo.sh's prepare step, in process: eval_configs/demo_prepare.yaml on the generated
+    sessions, the three extraction commands on its output, eval_emotion.py with demo_prepared.yaml."""
+    out = tmp_path_factory.mktemp("demo")
+    prepared = out / "prepared"
+    assets = tiny_assets["llama_dir"].parent
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINY_ASSETS", str(assets))
+        patch.setenv("DEMO_PREPARED", str(prepared))
+        patch.setenv("DEMO_OUT", str(out))
+        patch.delenv("DEMO_CKPT", raising=False)
+        # with the encoders run in process too, into folders beside the scripts' (compared below)
+        in_process = ["encoders.run=true", f"encoders.audio.model_dir={tiny_assets['hubert_dir']}", "encoders.audio.dir=audio_in_process"]
+        for key, model, ckpt in (("face_mae", "face_mae_tiny", "face_mae_ckpt"), ("video_mae", "video_mae_tiny", "video_mae_ckpt")):
+            in_process += [f"encoders.{key}.model={model}", f"encoders.{key}.checkpoint={tiny_assets[ckpt]}", f"encoders.{key}.dir={key}_in_process"]
+        argv = ["--cfg-path", str(ROOT / "eval_configs" / "demo_prepare.yaml"), "--overwrite"]
+        assert prepare_main([*argv, "--options", "progress=false", *in_process]) == 0
+        common = ["--device", "cpu", "--num_workers", "0"]
+        assert extract_mae_embedding.main(
+            ["--input", str(prepared / "face_frames"), "--output", str(prepared / "features" / "mae_340_UTT"), "--checkpoint",
+             str(tiny_assets["face_mae_ckpt"]), "--model", "face_mae_tiny", *common]
+        ) == 0
+        assert extract_maeVideo_embedding.main(
+            ["--input", str(prepared / "face_arrays"), "--output", str(prepared / "features" / "maeV_199_UTT"), "--checkpoint",
+             str(tiny_assets["video_mae_ckpt"]), "--model", "video_mae_tiny", *common]
+        ) == 0
+        assert extract_audio_embedding.main(
+            ["--input", str(prepared / "audio"), "--output", str(prepared / "features" / "HL-UTT"),
+             "--model_dir", str(tiny_assets["hubert_dir"]), *common]
+        ) == 0
+        eval_emotion.main(["--cfg-path", str(ROOT / "eval_configs" / "demo_prepared.yaml"), "--dataset", "hcmw_caption"])
+    return prepared, out / "prepared_features"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_demo_sessions_are_participant_safe(tiny_assets, demo_chain):
+    """At least 4 participants (one session each) with at least 5 windows, at least 2 folds, a
+    participant's clips in one fold only, both labels in every fold; prepare keeps all of it."""
+    prepared, _ = demo_chain
+    segments = read_csv(tiny_assets["sessions_segments"])
+    by_participant = {}
+    for row in segments:
+        by_participant.setdefault(row["participant"], set()).add((row["video"], row["test_fold_num"]))
+    assert len(by_participant) >= 4
+    assert all(len(places) == 1 for places in by_participant.values())  # one session, one fold each
+    assert all(sum(r["participant"] == p for r in segments) >= 5 for p in by_participant)
+    folds = {row["test_fold_num"] for row in segments}
+    assert len(folds) >= 2
+    assert all({r["mw_label"] for r in segments if r["test_fold_num"] == fold} == {"MW", "NonMW"} for fold in folds)
+    annotation = read_csv(prepared / "annotations.csv")
+    assert list(annotation[0]) == ["uuid", "mw_label", "test_fold_num", "participant", "video", "start_s", "end_s"]
+    keys = ("mw_label", "test_fold_num", "participant", "video", "start_s", "end_s")
+    expected = [{"uuid": r["clip"], **{k: r[k] for k in keys}} for r in segments]
+    assert annotation == expected  # every window prepared
+
+
+def test_the_demo_sessions_keep_the_main_face_when_a_second_one_crosses(demo_chain):
+    """Session 1 has a smaller, cool-skinned face crossing behind the main one: its windows keep the
+    main (warm) face in every frame."""
+    prepared, _ = demo_chain
     sessions = load_script("tiny_sessions")
-    plans = read_segments(tiny_assets["sessions_segments"], tiny_assets["sessions_videos"])
-    assert len(plans) == 10 and {plan.labels["mw_label"] for plan in plans} == {"MW", "NonMW"}
-    assert all(plan.end_s <= VideoSource(plan.video, plan.clip).duration for plan in plans)
-    rows = ["video,clip,start_s,end_s"] + [f"{p.video.name},{p.clip},{p.start_s},{p.end_s}" for p in plans if p.clip in ("s1_probe2", "s1_probe3")]
-    (tmp_path / "two.csv").write_text("\n".join(rows) + "\n")
-    cfg = write_config(tmp_path / "prepare.yaml", tmp_path, tmp_path / "out")
-    options = [f"input.videos={tiny_assets['sessions_videos']}", f"input.segments={tmp_path / 'two.csv'}", "input.labels=null"]
-    options += ["detector.min_face_size=20", "detector.detect_every=2", "align.size=64"]
-    assert prepare_main(["--cfg-path", str(cfg), "--options", *options]) == 0
     for clip in ("s1_probe2", "s1_probe3"):
-        report = json.loads((tmp_path / "out" / "tracks" / f"{clip}.json").read_text())
+        report = json.loads((prepared / "tracks" / f"{clip}.json").read_text())
         assert report["coverage"] >= 0.9 and report["frames_written"] == report["frames_kept"] == 16
-        cheeks = np.load(tmp_path / "out" / "face_arrays" / f"{clip}.npy")[:, 40:45, 10:16].reshape(-1, 3).mean(0)
+        assert report["people_seen"] >= 2 and report["times_left_out"] == []
+        cheeks = np.load(prepared / "face_arrays" / f"{clip}.npy")[:, 140:157, 35:50].reshape(-1, 3).mean(0)
         assert np.abs(cheeks / cheeks.mean() - np.array(sessions.SKIN) / np.mean(sessions.SKIN)).max() < 0.1
+
+
+def test_the_windows_sound_is_cut_at_16_khz_with_the_labels_pitch(demo_chain):
+    """Each window's wav: 1.6 s at 16 kHz, the pitch the session's sound gives its label."""
+    prepared, _ = demo_chain
+    sessions = load_script("tiny_sessions")
+    for row in read_csv(prepared / "annotations.csv"):
+        samples = read_audio_track(prepared / "audio" / f"{row['uuid']}.wav", 16_000)
+        assert len(samples) == round((float(row["end_s"]) - float(row["start_s"])) * 16_000)
+        pitch = np.fft.rfftfreq(len(samples), 1 / 16_000)[np.argmax(np.abs(np.fft.rfft(samples)))]
+        assert pitch == pytest.approx(sessions.SESSION_TONE_HZ[row["mw_label"]], abs=1)
+        report = json.loads((prepared / "tracks" / f"{row['uuid']}.json").read_text())
+        assert report["audio_seconds"] == pytest.approx(1.6)
+
+
+def test_the_demo_dump_of_the_prepared_clips_has_three_streams(demo_chain):
+    prepared, dump_dir = demo_chain
+    clips = [row["uuid"] for row in read_csv(prepared / "annotations.csv")]
+    assert (dump_dir / "names.txt").read_text().split() == clips
+    audio = np.load(dump_dir / "audio_projected_features.npy")
+    assert audio.shape == (len(clips), 64) and np.isfinite(audio.astype(np.float32)).all()
+
+
+def test_the_encoders_run_in_process_give_the_scripts_vectors(demo_chain):
+    """encoders.run with encoders.audio.model_dir: the vectors the three extraction commands give."""
+    prepared, _ = demo_chain
+    pairs = {"face_mae_in_process": "mae_340_UTT", "video_mae_in_process": "maeV_199_UTT", "audio_in_process": "HL-UTT"}
+    for in_process, by_script in pairs.items():
+        files = sorted((prepared / "features" / by_script).glob("*.npy"))
+        assert len(files) == 20
+        for path in files:
+            np.testing.assert_allclose(np.load(prepared / "features" / in_process / path.name), np.load(path), rtol=1e-5, atol=1e-6)

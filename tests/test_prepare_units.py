@@ -98,41 +98,55 @@ def test_box_iou():
     np.testing.assert_allclose(box_iou(a, b), [[50 / 150, 0.0]])
 
 
+def times_at(fps: float, count: int) -> np.ndarray:
+    return np.arange(count) / fps
+
+
 def test_track_interpolates_a_short_gap_and_drops_a_long_one():
+    """At 10 fps with max_gap_s 0.3: detections 0.3 s apart are bridged, 0.4 s apart are not."""
     big = lambda x: [x, 0, x + 40, 40]  # noqa: E731
     frames = [[big(0)], [], [], [big(6)], [], [], [], [big(14)]]
-    cfg = TrackConfig(max_gap=2)
-    track = follow_face(detections(*frames), np.arange(8), 8, cfg)
-    expected = [1, 2, 2, 1, 0, 0, 0, 1]  # 2 misses interpolated, 3 misses dropped
-    assert track.status.tolist() == expected
+    track = follow_face(detections(*frames), np.arange(8), times_at(10, 8), TrackConfig(max_gap_s=0.3))
+    assert track.status.tolist() == [1, 2, 2, 1, 0, 0, 0, 1]
     np.testing.assert_allclose(track.boxes[1], big(2))  # linear between x=0 and x=6
-    assert track.coverage == pytest.approx(3 / 8)
+    assert np.isnan(track.landmarks[4:7]).all()
+    # the same detections at 25 fps lie 0.12 and 0.16 s apart: both gaps are bridged
+    fast = follow_face(detections(*frames), np.arange(8), times_at(25, 8), TrackConfig(max_gap_s=0.3))
+    assert fast.status.tolist() == [1, 2, 2, 1, 2, 2, 2, 1]
+
+
+def test_track_interpolates_by_time_on_a_variable_frame_rate():
+    found = detections([[0, 0, 40, 40]], [[8, 4, 48, 44]])
+    times = np.array([0.0, 0.04, 0.2])  # the frame between lies a fifth of the way
+    track = follow_face(found, np.array([0, 2]), times, TrackConfig())
+    assert track.status.tolist() == [FaceStatus.DETECTED, FaceStatus.INTERPOLATED, FaceStatus.DETECTED]
+    np.testing.assert_allclose(track.boxes[1], [1.6, 0.8, 41.6, 40.8])
 
 
 def test_track_between_detection_frames_is_interpolated():
     """Detection every 4th frame: the frames between follow the two detections linearly."""
     found = detections([[0, 0, 40, 40]], [[8, 4, 48, 44]])
-    track = follow_face(found, np.array([0, 4]), 5, TrackConfig())
+    track = follow_face(found, np.array([0, 4]), times_at(25, 5), TrackConfig())
     assert track.status.tolist() == [FaceStatus.DETECTED, 2, 2, 2, FaceStatus.DETECTED]
     np.testing.assert_allclose(track.landmarks[2], (found[0].landmarks[0] + found[1].landmarks[0]) / 2)
-    assert track.coverage == 1.0
 
 
 def test_rules_pick_the_largest_or_the_most_present_person():
     small = lambda x: [x, 50, x + 10, 60]  # noqa: E731  present in every frame
     large = [100, 0, 160, 60]  # present in 2 of 5 frames
     frames = [[small(0)], [small(2), large], [small(4)], [small(6), large], [small(8)]]
-    largest = follow_face(detections(*frames), np.arange(5), 5, TrackConfig(rule=TrackRule.LARGEST, max_gap=0))
-    present = follow_face(detections(*frames), np.arange(5), 5, TrackConfig(rule=TrackRule.MOST_PRESENT))
+    times = times_at(10, 5)
+    largest = follow_face(detections(*frames), np.arange(5), times, TrackConfig(rule=TrackRule.LARGEST, max_gap_s=0.1))
+    present = follow_face(detections(*frames), np.arange(5), times, TrackConfig(rule=TrackRule.MOST_PRESENT))
     assert largest.boxes[1].tolist() == large and largest.num_tracks == 2
-    assert np.isnan(largest.boxes[2]).all()  # max_gap 0: the miss between is not filled
+    assert np.isnan(largest.boxes[2]).all()  # 0.2 s apart > max_gap_s 0.1: the miss between is not filled
     assert [box[0] for box in present.boxes] == [0, 2, 4, 6, 8]
 
 
 def test_iou_threshold_decides_whether_a_moving_box_continues_its_track():
     frames = [[[0, 0, 20, 20]], [[10, 0, 30, 20]]]  # IoU 1/3
-    linked = follow_face(detections(*frames), np.arange(2), 2, TrackConfig(iou_threshold=0.3))
-    split = follow_face(detections(*frames), np.arange(2), 2, TrackConfig(iou_threshold=0.5))
+    linked = follow_face(detections(*frames), np.arange(2), times_at(25, 2), TrackConfig(iou_threshold=0.3))
+    split = follow_face(detections(*frames), np.arange(2), times_at(25, 2), TrackConfig(iou_threshold=0.5))
     assert linked.num_tracks == 1 and split.num_tracks == 2
 
 
@@ -188,6 +202,10 @@ def test_config_rejects_unknown_keys_bad_values_and_missing_settings(tmp_path):
         load_prepare_config(cfg, ["track.rule=biggest"])
     with pytest.raises(ConfigError, match="track.min_coverage = 1.5 is out of range"):
         load_prepare_config(cfg, ["track.min_coverage=1.5"])
+    with pytest.raises(ConfigError, match="track.max_gap_s = -0.1 is out of range"):
+        load_prepare_config(cfg, ["track.max_gap_s=-0.1"])
+    with pytest.raises(ConfigError, match="track.max_gap: Key 'max_gap' not in 'TrackConfig'"):
+        load_prepare_config(cfg, ["track.max_gap=5"])  # the count of missed detections it replaced
     with pytest.raises(ConfigError, match="peak.openface_dir"):
         load_prepare_config(cfg, ["peak.rule=openface"])
     with pytest.raises(ConfigError, match="encoders.face_mae.checkpoint"):
@@ -197,13 +215,20 @@ def test_config_rejects_unknown_keys_bad_values_and_missing_settings(tmp_path):
         load_prepare_config(tmp_path / "q.yaml")
 
 
-
 def test_a_speeding_face_stays_one_track_by_its_expected_box():
     """40 px boxes at x = 0, 10, 30, 60, 100: the IoU with the last box falls to 1/3, 1/7, 0, but with
     the box moved on at the last speed it stays 3/5; at threshold 0.5 one track, not four."""
     frames = [[[x, 0.0, x + 40, 40]] for x in (0.0, 10.0, 30.0, 60.0, 100.0)]
-    track = follow_face(detections(*frames), np.arange(5), 5, TrackConfig(iou_threshold=0.5))
-    assert track.num_tracks == 1 and track.coverage == 1.0
+    track = follow_face(detections(*frames), np.arange(5), times_at(25, 5), TrackConfig(iou_threshold=0.5))
+    assert track.num_tracks == 1 and (track.status == FaceStatus.DETECTED).all()
+
+
+def test_the_expected_box_moves_per_frame_when_detection_frames_are_uneven():
+    """Detections at frames 0, 1 and 5 (a re-detected stretch beside a scheduled one): a box moving
+    10 px per frame is expected 40 px on at frame 5, not 10 (per detection), and stays one track."""
+    frames = [[[x, 0.0, x + 40, 40]] for x in (0.0, 10.0, 50.0)]
+    track = follow_face(detections(*frames), np.array([0, 1, 5]), times_at(25, 6), TrackConfig(iou_threshold=0.5))
+    assert track.num_tracks == 1 and track.status.tolist() == [1, 1, 2, 2, 2, 1]
 
 
 @pytest.mark.parametrize("name", ["prepare_hcmw.yaml", "demo_prepare.yaml"])

@@ -11,6 +11,7 @@ wrong: a clip without sound is reported, never filled with silence.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -59,3 +60,53 @@ def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None
     if not chunks or sum(len(chunk) for chunk in chunks) == 0:
         raise ClipReadError(clip, path, "the audio track holds no samples")
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def read_audio_window(
+    path: str | os.PathLike, start_s: float | None, end_s: float | None, sample_rate: int, clip: str | None = None
+) -> np.ndarray:
+    """The first audio track of ``path`` in ``[start_s, end_s)`` (seconds on the file's timeline;
+    None: from its start / to its end) as float32 mono samples at ``sample_rate``: shape (n,), n > 0.
+
+    Decoding starts at the seek point before ``start_s`` and stops after ``end_s``, so a window
+    of a long recording costs its own length.  The resampler's timestamps place each sample:
+    sample k lies at ``start_s + k / sample_rate``; a window the track covers only in part gives
+    that part (never padding).  Problems are :class:`ClipReadError` as in :func:`read_audio_track`.
+    """
+    path = Path(path)
+    clip = clip or clip_name(path)
+    first = 0 if start_s is None else round(start_s * sample_rate)  # sample numbers on the file's timeline
+    last = None if end_s is None else round(end_s * sample_rate)
+    pieces, next_at = [], first
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ClipReadError(clip, path, "no audio track (the file holds no sound to encode)")
+            stream = container.streams.audio[0]
+            if stream.codec_context is None:
+                raise ClipReadError(clip, path, "unsupported audio codec or sample format: FFmpeg has no decoder for it")
+            if start_s:
+                container.seek(int(start_s / stream.time_base), stream=stream, backward=True, any_frame=False)
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # mono = mean of the channels, as above
+            for frame in _until(container.decode(stream), math.inf if end_s is None else end_s):
+                for out in resampler.resample(frame):
+                    at = round(out.time * sample_rate) if out.time is not None else next_at
+                    samples = out.to_ndarray().mean(axis=0)
+                    lo, hi = max(first - at, 0), len(samples) if last is None else min(last - at, len(samples))
+                    if hi > lo:
+                        pieces.append(samples[lo:hi])
+                    next_at = at + len(samples)
+    except av.FFmpegError as exc:
+        raise ClipReadError(clip, path, f"audio cannot be decoded: {exc}") from exc
+    if not pieces:
+        raise ClipReadError(clip, path, f"the audio track holds no samples between {start_s} s and {end_s} s")
+    return np.concatenate(pieces).astype(np.float32, copy=False)
+
+
+def _until(frames, end_s: float):
+    """Decoded frames up to the first one starting after ``end_s``, then None (the resampler's flush)."""
+    for frame in frames:
+        if frame.time is not None and frame.time > end_s:
+            break
+        yield frame
+    yield None

@@ -63,7 +63,9 @@ class DetectorConfig:
 class TrackConfig:
     rule: TrackRule = TrackRule.LARGEST
     iou_threshold: float = 0.3  # a box continues a track when it overlaps the track's last box this much
-    max_gap: int = 5  # missed detections in a row that are interpolated; longer gaps are dropped
+    # longest time (s) between two detections of the person that is bridged by interpolation;
+    # a longer gap (the face turned away, covered, out of the picture) is left out of the output
+    max_gap_s: float = 0.25
     min_coverage: float = 0.5  # share of detection frames that must show the face, else the clip is skipped
 
 
@@ -87,14 +89,21 @@ class EncoderConfig:
 
 
 @dataclass
+class AudioEncoderConfig:
+    model_dir: Optional[str] = None  # a Hugging Face HuBERT folder; null: no audio vectors
+    dir: str = "HL-UTT"  # folder under <output>/features: the hcmw dataset's audio_dir
+
+
+@dataclass
 class EncodersConfig:
-    run: bool = False  # run FaceMAE and VideoMAE on the prepared faces at the end
+    run: bool = False  # run FaceMAE and VideoMAE (and HuBERT with audio.model_dir) on the prepared clips at the end
     face_mae: EncoderConfig = field(
         default_factory=lambda: EncoderConfig("face_mae_vit_large", "mae_340_UTT")
     )
     video_mae: EncoderConfig = field(
         default_factory=lambda: EncoderConfig("video_mae_vit_large", "maeV_199_UTT")
     )
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
     device: str = "cpu"
     batch_size: int = 1
     trust_checkpoint: bool = False
@@ -142,7 +151,7 @@ def _check_ranges(cfg: PrepareConfig) -> None:
         "detector.batch_size": cfg.detector.batch_size >= 1,
         "threads": cfg.threads is None or cfg.threads >= 1,
         "track.iou_threshold": 0 < cfg.track.iou_threshold <= 1,
-        "track.max_gap": cfg.track.max_gap >= 0,
+        "track.max_gap_s": cfg.track.max_gap_s >= 0,
         "track.min_coverage": 0 <= cfg.track.min_coverage <= 1,
         "align.size": cfg.align.size >= 16,
         "encoders.batch_size": cfg.encoders.batch_size >= 1,
@@ -156,6 +165,31 @@ def _check_ranges(cfg: PrepareConfig) -> None:
     for name, encoder in (("face_mae", cfg.encoders.face_mae), ("video_mae", cfg.encoders.video_mae)):
         if cfg.encoders.run and encoder.checkpoint is None:
             raise ConfigError(f"prepare config: encoders.run = true needs encoders.{name}.checkpoint")
+
+
+def written_settings(cfg: PrepareConfig) -> dict:
+    """The settings that change what a clip's files hold: a rerun into the same output with any
+    of them different is refused unless told to overwrite (run.py), so clips of two settings
+    never mix.  Speed and reporting settings (batch sizes, devices, threads) are left out."""
+    detector = cfg.detector
+    return {
+        "sampling": {"fps": cfg.sampling.fps},
+        "detector": {
+            "name": detector.name,
+            "min_face_size": detector.min_face_size,
+            "min_score": detector.min_score,
+            "max_side": detector.max_side,
+            "detect_every": detector.detect_every,
+        },
+        "track": {
+            "rule": cfg.track.rule.value,
+            "iou_threshold": cfg.track.iou_threshold,
+            "max_gap_s": cfg.track.max_gap_s,
+            "min_coverage": cfg.track.min_coverage,
+        },
+        "align": {"size": cfg.align.size},
+        "peak": {"rule": cfg.peak.rule.value, "openface_dir": cfg.peak.openface_dir, "image": cfg.peak.image.value},
+    }
 
 
 def _first_line(exc: Exception) -> str:

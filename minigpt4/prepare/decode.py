@@ -1,7 +1,9 @@
-"""Frames of a video by index, upright, with each frame's timestamp.
+"""Frames by index, upright, with each frame's timestamp: a video file or an array in memory.
 
 Clips are cut by timestamps, not frame counts, so variable-frame-rate recordings cut right:
-every frame carries its presentation time in seconds.
+every frame carries its presentation time in seconds.  The face pipeline (faces.py) reads any
+:class:`FrameSource`: :class:`VideoSource` (a file, what the prepare job reads) or
+:class:`ArrayFrames` (frames already decoded, what a caller that decodes windows itself holds).
 
 Decord decodes (seekable, batched).  It does not honour rotation metadata correctly: its
 bundled FFmpeg auto-rotates the picture while decord keeps the coded size, so a 90-degree
@@ -15,11 +17,43 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import av
 import numpy as np
 
 from minigpt4.datasets.frames import ClipReadError
+
+
+class FrameSource(Protocol):
+    """Frames with their presentation times: what the face pipeline reads."""
+
+    timestamps: np.ndarray  # (n,) float64 seconds, one per frame, increasing
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 RGB [len(indices), H, W, 3], upright, for increasing frame ``indices``."""
+
+
+class ArrayFrames:
+    """Frames in memory: uint8 RGB [n, H, W, 3] and their times (seconds, increasing)."""
+
+    def __init__(self, frames: np.ndarray, timestamps: Sequence[float]):
+        self.frames = np.asarray(frames)
+        self.timestamps = np.asarray(timestamps, dtype=np.float64)
+        if self.frames.dtype != np.uint8 or self.frames.ndim != 4 or self.frames.shape[-1] != 3:
+            raise ValueError(f"frames: expected uint8 [n, H, W, 3], got {self.frames.dtype} {list(self.frames.shape)}")
+        if self.timestamps.shape != (len(self.frames),) or np.any(np.diff(self.timestamps) <= 0):
+            raise ValueError(f"timestamps: expected {len(self.frames)} increasing times, one per frame")
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        return self.frames[np.asarray(indices, dtype=np.int64)]
+
+
+def read_in_chunks(source: FrameSource, indices: Sequence[int], chunk: int) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(indices, frames) for ``indices`` in pieces of ``chunk``: memory stays flat on long clips."""
+    for start in range(0, len(indices), chunk):
+        part = [int(i) for i in indices[start : start + chunk]]
+        yield part, source.read(part)
 
 
 class VideoSource:
@@ -118,9 +152,3 @@ class VideoSource:
         if missing:
             raise self._error(f"frames {missing[:5]} cannot be decoded")
         return np.stack(frames)
-
-    def iter_chunks(self, indices: Sequence[int], chunk: int) -> Iterator[tuple[list[int], np.ndarray]]:
-        """(indices, frames) for ``indices`` in pieces of ``chunk``: memory stays flat on long clips."""
-        for start in range(0, len(indices), chunk):
-            part = list(indices[start : start + chunk])
-            yield part, self.read(part)

@@ -1,16 +1,18 @@
-"""Videos -> aligned faces, peak frames and the annotation CSV, clip by clip.
+"""Videos -> aligned faces, peak frames, sound and the annotation CSV, clip by clip.
 
-1. The clips are listed (a folder of videos, or session videos cut by a segments CSV) and
-   every video is opened and checked before anything is written: a bad segments row stops
-   the run; an unreadable video (empty, corrupt, audio only) stops it too unless
-   ``skip_bad``, which lists it in ``skipped.tsv``.  Clips with a report are done and kept.
-2. Per clip, detection runs on every ``detect_every``-th kept frame (in batches), one
-   person is tracked (track.py), and a clip whose face shows in too few detection frames is
-   skipped (or stops the run without ``skip_bad``).
-3. The frames with the face are decoded again in batches, aligned and streamed into the
-   clip's temporary folder; the peak frame is chosen; the clip is moved into place (write.py).
-4. The annotation CSV, ``skipped.tsv`` and ``summary.json`` are written; with
-   ``encoders.run`` the FaceMAE and VideoMAE vectors follow.
+1. An output made with other settings is refused unless ``overwrite``.  The clips are listed
+   (a folder of videos, or session videos cut by a segments CSV) and every video is opened
+   and checked before anything is written: a bad segments row stops the run; an unreadable
+   video (empty, corrupt, audio only) stops it too unless ``skip_bad``, which lists it in
+   ``skipped.tsv``.  With ``encoders.run`` the encoders are built.  Clips with a report are
+   done and kept.
+2. Per clip, the face pipeline (faces.py: detect, track, re-detect, align, peak frame)
+   streams the crops into the clip's temporary folder; a clip whose face shows in too few
+   detection frames is skipped (or stops the run without ``skip_bad``).  The clip's window
+   of the video's sound is cut at 16 kHz mono; a finished clip is moved into place, its
+   report last (write.py).
+3. The annotation CSV, ``skipped.tsv`` and ``summary.json`` are written; with
+   ``encoders.run`` the FaceMAE, VideoMAE (and HuBERT) vectors follow.
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ import torch
 from tqdm import tqdm
 
 from minigpt4.common.atomic_io import write_text_atomic
+from minigpt4.datasets.audio_track import read_audio_window
 from minigpt4.datasets.errors import BadClip, write_skipped_report
 from minigpt4.datasets.frames import ClipReadError
-from minigpt4.prepare.align import align_faces
-from minigpt4.prepare.config import PeakImage, PeakRule, PrepareConfig
+from minigpt4.features.writer import check_output_fingerprint, record_output_fingerprint
+from minigpt4.prepare.config import PrepareConfig, written_settings
 from minigpt4.prepare.cut import ClipPlan, check_window, list_clip_videos, read_segments, select_frames
 from minigpt4.prepare.decode import VideoSource
 from minigpt4.prepare.detect import FaceDetector, build_detector
-from minigpt4.prepare.peak import PeakError, choose_peak, expression_thumbnails
-from minigpt4.prepare.track import FaceStatus, FaceTrack, follow_face
+from minigpt4.prepare.faces import FaceOutcome, find_faces
+from minigpt4.prepare.peak import PeakError
 from minigpt4.prepare.write import ClipOutput, PreparedLayout, write_annotation
 
 logger = logging.getLogger(__name__)
+
+AUDIO_SAMPLE_RATE = 16_000  # the clips' sound: the rate HuBERT (extract_audio_embedding.py) reads
 
 
 @dataclass
@@ -49,6 +54,7 @@ class PrepareSummary:
     frames_decoded: int = 0  # frames kept from the clips' windows (after sampling)
     frames_detected: int = 0  # frames the detector ran on
     frames_written: int = 0  # aligned faces written
+    without_sound: int = 0  # prepared clips whose video has no (usable) audio track
     coverage: list[float] = field(default_factory=list)  # per prepared clip
     seconds: float = 0.0
 
@@ -57,7 +63,7 @@ class PrepareSummary:
         return (
             f"{self.prepared} clips prepared, {self.already_present} already present, {len(self.skipped)} skipped; "
             f"{self.frames_written} face frames of {self.frames_decoded} kept ({self.frames_detected} detected), "
-            f"mean face coverage {coverage}, {self.seconds:.1f} s"
+            f"mean face coverage {coverage}, {self.without_sound} without sound, {self.seconds:.1f} s"
         )
 
 
@@ -65,13 +71,16 @@ class PrepareSummary:
 class _ClipJob:
     plan: ClipPlan
     source: VideoSource
-    indices: np.ndarray  # the clip's kept frames in its video
 
 
-def prepare(cfg: PrepareConfig, detector: FaceDetector | None = None) -> PrepareSummary:
-    """Run the whole job; ``detector`` replaces the configured one (tests, other detectors)."""
+def prepare(cfg: PrepareConfig, detector: FaceDetector | None = None, overwrite: bool = False) -> PrepareSummary:
+    """Run the whole job; ``detector`` replaces the configured one (tests, other detectors).
+
+    An output made with other :func:`~minigpt4.prepare.config.written_settings` is refused
+    unless ``overwrite``, which replaces everything prepare wrote there.
+    """
     with torch_threads(cfg.threads):
-        return _prepare(cfg, detector)
+        return _prepare(cfg, detector, overwrite)
 
 
 @contextlib.contextmanager
@@ -90,20 +99,30 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummary:
+def _prepare(cfg: PrepareConfig, detector: FaceDetector | None, overwrite: bool) -> PrepareSummary:
     start = time.perf_counter()
     layout = PreparedLayout(Path(cfg.output))
     summary = PrepareSummary()
+    settings = written_settings(cfg)
+    # a report marks a finished clip: reports without a record are of unknown settings
+    replace = check_output_fingerprint(layout.root, settings, overwrite, outputs=f"{layout.reports.name}/*.json")
     if cfg.input.segments is not None:
         plans = read_segments(cfg.input.segments, cfg.input.videos)
     else:
         plans = list_clip_videos(cfg.input.videos, cfg.input.labels)
-    jobs = _plan(plans, cfg, layout, summary)
+    jobs = _plan(plans, cfg, layout, summary, redo_all=replace)
     if summary.skipped and not cfg.skip_bad:
         clip, file, problem = summary.skipped[0]
         raise ClipReadError(clip, file, f"{problem} (nothing was written; set skip_bad: true to skip such clips)")
     detector = detector or build_detector(cfg.detector)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    encoders = []
+    if cfg.encoders.run:
+        from minigpt4.prepare.encode import build_encoders  # builds models: only when asked
+
+        encoders = build_encoders(cfg)  # a bad name or weight file stops the run before any clip
+    if replace:
+        layout.remove_outputs()
+    record_output_fingerprint(layout.root, settings, replace=False)  # creates the root
     for job in tqdm(jobs, desc="prepare", unit="clip", disable=not cfg.progress):
         try:
             _prepare_clip(job, detector, cfg, layout, summary)
@@ -115,24 +134,26 @@ def _prepare(cfg: PrepareConfig, detector: FaceDetector | None) -> PrepareSummar
     with contextlib.suppress(OSError):  # the clips' scratch folder, empty once every clip is in place
         (layout.root / ".tmp").rmdir()
     done = [plan for plan in plans if layout.is_done(plan.clip)]
-    write_annotation(layout, [{"uuid": plan.clip, **plan.labels} for plan in done])
+    write_annotation(layout, [plan.annotation_row() for plan in done])
     if cfg.skip_bad:
         write_skipped_report(layout.root, summary.skipped)
     summary.seconds = time.perf_counter() - start
     write_text_atomic(layout.summary, _summary_json(summary))
-    if cfg.encoders.run:
-        from minigpt4.prepare.encode import run_encoders  # builds models: only when asked
+    if encoders:
+        from minigpt4.prepare.encode import run_encoders
 
-        run_encoders(cfg, layout, [plan.clip for plan in done])
+        run_encoders(cfg, layout, [plan.clip for plan in done], encoders)
     return summary
 
 
-def _plan(plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, summary: PrepareSummary) -> list[_ClipJob]:
+def _plan(
+    plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, summary: PrepareSummary, redo_all: bool
+) -> list[_ClipJob]:
     """Open every video once and check every clip, writing nothing."""
     sources: dict[Path, VideoSource | ClipReadError] = {}
     jobs = []
     for plan in plans:
-        if layout.is_done(plan.clip):
+        if not redo_all and layout.is_done(plan.clip):
             summary.already_present += 1
             continue
         if plan.video not in sources:
@@ -146,111 +167,51 @@ def _plan(plans: list[ClipPlan], cfg: PrepareConfig, layout: PreparedLayout, sum
             continue
         if cfg.input.segments is not None:
             check_window(plan, source.duration, cfg.input.segments)
-        indices = select_frames(source.timestamps, plan.start_s, plan.end_s, cfg.sampling.fps)
-        if indices.size == 0:
+        if select_frames(source.timestamps, plan.start_s, plan.end_s, cfg.sampling.fps).size == 0:
             summary.skipped.append(BadClip(plan.clip, str(plan.video), "the clip's window holds no frame"))
             continue
-        jobs.append(_ClipJob(plan, source, indices))
+        jobs.append(_ClipJob(plan, source))
     return jobs
 
 
 def _prepare_clip(
     job: _ClipJob, detector: FaceDetector, cfg: PrepareConfig, layout: PreparedLayout, summary: PrepareSummary
 ) -> None:
-    plan, source, indices = job.plan, job.source, job.indices
-    clip_start = plan.start_s if plan.start_s is not None else float(source.timestamps[0])
-    times = source.timestamps[indices] - clip_start  # seconds from the clip's start
-    track = _track(job, detector, cfg)
-    summary.frames_decoded += len(indices)
-    summary.frames_detected += int(track.detect_positions.size)
-    face = track.face
-    detected = int((face.status == FaceStatus.DETECTED).sum())
-    if face.num_tracks == 0:
-        raise ClipReadError(plan.clip, plan.video, f"no face found in any of {track.detect_positions.size} detection frames")
-    if face.coverage < cfg.track.min_coverage:
-        raise ClipReadError(
-            plan.clip,
-            plan.video,
-            f"the face shows in {detected} of {track.detect_positions.size} detection frames ({face.coverage:.0%}), "
-            f"under track.min_coverage {cfg.track.min_coverage:.0%}",
-        )
-    positions = np.flatnonzero(face.status != FaceStatus.MISSING)
-    output = ClipOutput(layout, plan.clip, len(positions), cfg.align.size)
+    plan, source = job.plan, job.source
+    output = ClipOutput(layout, plan.clip, cfg.align.size)
+    openface_csv = Path(cfg.peak.openface_dir) / f"{plan.clip}.csv" if cfg.peak.openface_dir else None
     try:
-        thumbnails = []
-        offset = 0
-        for part, frames in source.iter_chunks(indices[positions], cfg.detector.batch_size):
-            faces = align_faces(frames, face.landmarks[positions[offset : offset + len(part)]], cfg.align.size)
-            output.add(faces)
-            if cfg.peak.rule is PeakRule.EXPRESSION:
-                thumbnails.append(expression_thumbnails(faces))
-            offset += len(part)
-        openface_csv = Path(cfg.peak.openface_dir) / f"{plan.clip}.csv" if cfg.peak.openface_dir else None
-        try:
-            peak = choose_peak(cfg.peak.rule, times[positions], np.concatenate(thumbnails) if thumbnails else None, openface_csv)
-        except PeakError as exc:
-            raise ClipReadError(plan.clip, plan.video, str(exc)) from exc
-        if cfg.peak.image is PeakImage.FACE:
-            peak_image = np.array(output.faces[peak])
-        else:
-            peak_image = source.read([indices[positions[peak]]])[0]
-        output.commit(peak_image, _report(plan, source, times, positions, peak, track, cfg))
+        result = find_faces(
+            source, detector, cfg, start_s=plan.start_s, end_s=plan.end_s, openface_csv=openface_csv, sink=output
+        )
+        summary.frames_decoded += result.report.get("frames_kept", 0)
+        summary.frames_detected += result.report.get("detection_frames", 0) + result.report.get("redetected_frames", 0)
+        if result.outcome is not FaceOutcome.FACE:
+            raise ClipReadError(plan.clip, plan.video, result.problem)
+        report = {"clip": plan.clip, "video": str(plan.video), "start_s": plan.start_s, "end_s": plan.end_s}
+        report |= {"rotation": source.rotation} | _cut_audio(plan, output, summary)
+        output.commit(result.peak_image, report | result.report)
+    except PeakError as exc:
+        output.abandon()
+        raise ClipReadError(plan.clip, plan.video, str(exc)) from exc
     except BaseException:
         output.abandon()
         raise
     summary.prepared += 1
-    summary.frames_written += len(positions)
-    summary.coverage.append(face.coverage)
+    summary.frames_written += len(result.written)
+    summary.coverage.append(result.coverage)
 
 
-@dataclass
-class _Tracked:
-    face: FaceTrack
-    detect_positions: np.ndarray  # positions (into the kept frames) detection ran on
-
-
-def _track(job: _ClipJob, detector: FaceDetector, cfg: PrepareConfig) -> _Tracked:
-    count = len(job.indices)
-    # every k-th kept frame, and the last so the track can reach the clip's end
-    detect_positions = np.unique(np.r_[np.arange(0, count, cfg.detector.detect_every), count - 1])
-    detections = []
-    for _, frames in job.source.iter_chunks(job.indices[detect_positions], cfg.detector.batch_size):
-        detections.extend(detector.detect(frames))
-    return _Tracked(follow_face(detections, detect_positions, count, cfg.track), detect_positions)
-
-
-def _report(
-    plan: ClipPlan,
-    source: VideoSource,
-    times: np.ndarray,
-    positions: np.ndarray,
-    peak: int,
-    tracked: _Tracked,
-    cfg: PrepareConfig,
-) -> dict:
-    """What happened to the clip, for the user: which frames were written and which had no face."""
-    face = tracked.face
-    detect_times = times[tracked.detect_positions]
-    missed = face.status[tracked.detect_positions] != FaceStatus.DETECTED
-    return {
-        "clip": plan.clip,
-        "video": str(plan.video),
-        "start_s": plan.start_s,
-        "end_s": plan.end_s,
-        "rotation": source.rotation,
-        "frames_kept": int(len(times)),
-        "frames_written": int(len(positions)),
-        "detection_frames": int(tracked.detect_positions.size),
-        "coverage": round(face.coverage, 4),
-        "people_seen": face.num_tracks,
-        "frame_times": [round(float(t), 4) for t in times[positions]],
-        "interpolated_frames": [int(i) for i, p in enumerate(positions) if face.status[p] == FaceStatus.INTERPOLATED],
-        "times_without_face_detected": [round(float(t), 4) for t in detect_times[missed]],
-        "times_left_out": [round(float(t), 4) for t in times[face.status == FaceStatus.MISSING]],
-        "peak_frame": peak,
-        "peak_time": round(float(times[positions[peak]]), 4),
-        "peak_rule": cfg.peak.rule.value,
-    }
+def _cut_audio(plan: ClipPlan, output: ClipOutput, summary: PrepareSummary) -> dict:
+    """The clip's window of its video's sound into the clip's files; a video without (usable)
+    sound gives a clip without sound, said in its report, never a made-up silence."""
+    try:
+        samples = read_audio_window(plan.video, plan.start_s, plan.end_s, AUDIO_SAMPLE_RATE, plan.clip)
+    except ClipReadError as exc:
+        summary.without_sound += 1
+        return {"audio_seconds": None, "no_audio": exc.problem}
+    output.add_audio(samples, AUDIO_SAMPLE_RATE)
+    return {"audio_seconds": round(len(samples) / AUDIO_SAMPLE_RATE, 4)}
 
 
 def _summary_json(summary: PrepareSummary) -> str:

@@ -53,6 +53,11 @@ class HCMWRow:
     end_s: float | None = None
 
 
+def parse_fold(text: str) -> int:
+    """A ``test_fold_num`` cell as the annotation is read: an integer (ValueError otherwise)."""
+    return int(text.strip())
+
+
 def _seconds(record: Mapping[str, str], column: str, where: str) -> float | None:
     text = (record.get(column) or "").strip()
     if not text:
@@ -98,7 +103,7 @@ def read_annotation(path: Path, folds_required: bool = True) -> list[HCMWRow]:
             if not clip:
                 raise DataError(f"{path} line {reader.line_num}: empty uuid")
             try:
-                fold = int(fold) if fold or folds_required else NO_FOLD
+                fold = parse_fold(fold) if fold or folds_required else NO_FOLD
             except ValueError:
                 raise DataError(
                     f"{path} line {reader.line_num}: test_fold_num {fold!r} of clip {clip!r} is not an integer"

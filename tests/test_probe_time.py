@@ -283,7 +283,7 @@ def test_a_participant_in_two_folds_stops_the_probe_naming_them(tmp_path):
         run_probe(probe_config(tmp_path, dump, annotation), progress=False)
     assert str(caught.value) == (
         f"{annotation}: 1 participant(s) have clips in more than one fold (p00 in folds 0, 3), so a held-out fold "
-        "shares people with the training folds; rebuild the folds with `python -m minigpt4.datasets.folds`, or set "
+        "shares people with the training folds; rebuild the folds with `python -m minigpt4.datasets.assign_folds`, or set "
         "probe.allow_split_participants: true to go on anyway"
     )
     allowed = run_probe(probe_config(tmp_path, dump, annotation, allow_split_participants=True, permutations=0), progress=False)

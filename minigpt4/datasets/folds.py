@@ -5,13 +5,12 @@ held-out fold must not share a person with the training folds.  ``check_particip
 finds participants whose clips lie in more than one fold (the one check every command that
 reads folds runs); ``build_folds`` assigns new folds, stratified by label and grouped by
 participant (scikit-learn's ``StratifiedGroupKFold``, seeded), and
-``python -m minigpt4.datasets.folds`` writes them as a new annotation file, never over its
-input.
+``python -m minigpt4.datasets.assign_folds`` writes them as a new annotation file, never over
+its input.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from collections import Counter, defaultdict
@@ -23,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.datasets.datasets.base_dataset import read_annotation_text
-from minigpt4.datasets.datasets.hcmw_dataset import LABELS, HCMWRow, read_annotation
+from minigpt4.datasets.datasets.hcmw_dataset import LABELS, HCMWRow
 from minigpt4.datasets.errors import SHOWN_IN_MESSAGE, DataError
 
 FOLD_COLUMN = "test_fold_num"
@@ -55,7 +54,7 @@ def check_participant_folds(rows: Sequence[HCMWRow], source: str | Path, allow_k
     if allow:
         return line + f" ({allow_key}: true)"
     raise DataError(
-        f"{line}; rebuild the folds with `python -m minigpt4.datasets.folds`, or set {allow_key}: true to go on anyway"
+        f"{line}; rebuild the folds with `python -m minigpt4.datasets.assign_folds`, or set {allow_key}: true to go on anyway"
     )
 
 
@@ -122,36 +121,3 @@ def write_with_folds(source: Path, output: Path, rows: Sequence[HCMWRow], folds:
         writer.writerow({**{c: record.get(c) or "" for c in columns}, FOLD_COLUMN: folds[row.clip]})
     output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output, buffer.getvalue())
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(
-        prog="python -m minigpt4.datasets.folds",
-        description="Assign test folds stratified by label and grouped by participant; writes a new annotation file.",
-    )
-    parser.add_argument("--annotation", required=True, help="hcmw annotation CSV (uuid, mw_label, participant or video, ...)")
-    parser.add_argument("--output", required=True, help="the new annotation file (never the input)")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the assignment (default 0)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    args = parser.parse_args(argv)
-    source, output = Path(args.annotation), Path(args.output)
-    if not source.is_file():
-        raise DataError(f"--annotation {source}: no such file")
-    if output.resolve() == source.resolve():
-        raise DataError(f"--output {output}: is the input annotation; folds are written to a new file")
-    if output.is_dir():
-        raise DataError(f"--output {output}: is a folder, not a file")
-    if output.exists() and not args.overwrite:
-        raise DataError(f"--output {output}: exists; pass --overwrite to replace it")
-    rows = read_annotation(source, folds_required=False)
-    folds = build_folds(rows, args.folds, args.seed, source)
-    write_with_folds(source, output, rows, folds)
-    return f"{len(rows)} clips of {len({r.participant for r in rows})} participants in {args.folds} folds -> {output}\n" + fold_table(rows, folds)
-
-
-if __name__ == "__main__":
-    try:
-        print(main())
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from exc

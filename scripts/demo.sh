@@ -53,6 +53,9 @@ export DEMO_PREPARED="$DEMO_DIR/prepared"
 step "4/6 which dumped features detect mind wandering (fold-wise probe) -> $DEMO_DIR/probe"
 "$PYTHON" -m minigpt4.probe --cfg-path eval_configs/demo_probe.yaml
 
+step "4/6 (people and time) the probe on the session clips: whole participants held out, context windows, a GRU, timelines -> $DEMO_DIR/probe_sessions"
+"$PYTHON" -m minigpt4.probe --cfg-path eval_configs/demo_probe_sessions.yaml
+
 step "5/6 emotion recognition on the MER-format clips -> $DEMO_DIR/emotion_eval"
 echo "(the tiny model's weights are random: accuracy near 0 and garbled answers are expected here;"
 echo " with the released Emotion-LLaMA checkpoint the same command gives real predictions)"

@@ -3,7 +3,6 @@ cannot hold, an empty ``--dataset``, shards changed since packing or named in pa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,35 +15,14 @@ import pytest
 
 from minigpt4.common.config import ConfigError
 from minigpt4.datasets.errors import DataError
-from minigpt4.datasets.shards.pack import pack_hcmw
 from minigpt4.features.writer import FeatureOutputError
 from minigpt4.tasks.base_task import BaseTask
 
 from test_bad_inputs_shards import npy_bytes, replace_member
+from test_feature_dump import DATASET as DUMP, DEMO_CFG, ROOT, demo_env, eval_emotion  # noqa: F401  (a fixture)
+from test_shards_runs import assets, shards  # noqa: F401  (fixtures: the tiny assets' clips in 5 shards)
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_CFG = ROOT / "eval_configs" / "demo.yaml"
-DUMP = "evaluation_datasets.hcmw_caption"
 FACEMAE = "facemae_projected_features"
-
-
-def _load_entry_point():
-    spec = importlib.util.spec_from_file_location("eval_emotion", ROOT / "eval_emotion.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_emotion = _load_entry_point()
-
-
-@pytest.fixture(scope="module")
-def demo_env(tiny_assets):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINY_ASSETS", str(tiny_assets["llama_dir"].parent))
-        patch.setenv("DEMO_FEATURES", str(tiny_assets["hcmw_feature_root"]))
-        patch.delenv("DEMO_CKPT", raising=False)
-        yield tiny_assets
 
 
 def dump(out: Path, *options: str, dataset: str = "hcmw_caption") -> dict:
@@ -136,14 +114,6 @@ def test_an_empty_dataset_name_is_one_line_from_the_command_line(demo_env, tmp_p
 
 # the shards hold no audio: the model reads FaceMAE and VideoMAE only
 FROM_SHARDS = (f"{DUMP}.build_info.audio_dir=", "model.num_video_streams=2")
-
-
-@pytest.fixture(scope="module")
-def shards(demo_env, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    pack_hcmw(demo_env["hcmw_csv"], demo_env["hcmw_image_root"], demo_env["hcmw_feature_root"], folder,
-              facemae_dir="mae_340_UTT", videomae_dir="maeV_199_UTT", shard_size=5)
-    return folder
 
 
 def test_a_vector_changed_in_a_shard_stops_the_dump_naming_it(shards, tmp_path):

@@ -2,10 +2,12 @@
 
 For each held-out fold in ``run.folds`` the trainable tensors are reset to their initial
 values, trained for ``max_epoch`` epochs and validated after every epoch; the best epoch by
-``run.best_metric`` is kept.  Per fold: ``checkpoint_last.pth`` (exact resume),
+``run.best_metric`` is kept (by the validation loss where the held-out clips are all of one
+class).  Per fold: ``checkpoint_last.pth`` (exact resume, byte for byte),
 ``checkpoint_best.pth`` (released layout, loadable through ``model.ckpt``), ``metrics.json``
-and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds.  Every
-one of them is written atomically (``minigpt4.common.atomic_io``).
+and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds; and
+``skipped.tsv`` naming the clips ``on_error: skip`` left out.  Every one of them is written
+atomically (``minigpt4.common.atomic_io``).
 
 An epoch is ``iters_per_epoch`` micro-batches (data batches of ``batch_size_train`` per
 process), as in LAVIS; every ``accum_grad_iters`` of them make one optimizer step, and the lr

@@ -2,8 +2,9 @@
 
 :class:`HCMWShardDataset` gives random access by row for the feature dump and validation:
 rows follow the index's clip order; every sample is decoded and checked once when the
-dataset is built, under the same ``on_error`` as the folders (a problem names the shard and
-the key).  Under ``torchrun`` each rank checks a share of the shards (shard ``i`` belongs to
+dataset is built (each member's bytes against the SHA-256 the index keeps too), under the same
+``on_error`` as the folders (a problem names the shard and the key).  The pattern must name
+every shard the index lists, unless ``shard_subset``.  Under ``torchrun`` each rank checks a share of the shards (shard ``i`` belongs to
 rank ``i % world``) and the ranks share what they found, so all agree on the rows.  Items are
 read through a forward cursor: in-order access reads each shard once, without holding more
 than one sample in memory.  A dump rank takes a contiguous run of whole batches
@@ -11,7 +12,8 @@ than one sample in memory.  A dump rank takes a contiguous run of whole batches
 
 :class:`HCMWShardStream` streams the train rows of a fold with WebDataset: shards split per
 node and per worker, samples filtered by the fold in their JSON, shuffled through a seeded
-buffer, ``ceil(train rows / world)`` samples per rank and epoch.
+buffer, ``ceil(train rows / world)`` samples per rank and epoch; a shard the check found cut
+short is read up to its break.
 """
 
 from __future__ import annotations

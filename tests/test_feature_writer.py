@@ -349,7 +349,7 @@ def test_value_beyond_float16_after_written_rows_keeps_them_and_asks_for_overwri
         writer.write([2, 3], huge)
     assert str(err.value) == (
         f"{tmp_path}: vectors of clip_2: a value of 100000 does not fit float16 (largest 65504); "
-        "set run.feature_dtype: float32 and pass --overwrite (the rows already written are float16)"
+        "set run.feature_dtype: float32 and pass --overwrite (this folder keeps the dump's float16 files and rows written)"
     )
     assert folder_bytes(tmp_path) == before  # the written rows and their progress are kept
     with pytest.raises(FeatureOutputError, match="differs in: dtype"):

@@ -312,7 +312,8 @@ class FeatureWriter:
         if problems:
             remedy = "set run.feature_dtype: float32"
             if not self._discard_if_nothing_written():
-                remedy += f" and pass --overwrite (the rows already written are {self.dtype.name})"
+                kept = f"this folder keeps the dump's {self.dtype.name} files and rows written"
+                remedy += f" and pass --overwrite ({kept})"
             raise FeatureOutputError(f"{self.out_dir}: {'; '.join(problems)}; {remedy}")
 
     def _discard_if_nothing_written(self) -> bool:

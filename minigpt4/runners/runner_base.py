@@ -223,7 +223,8 @@ class RunnerBase:
         if changed:
             # the folds before the resumed one were trained on the saved data: summary.json would mix two data sets
             details = ", ".join(
-                f"{k}: file {select_dotted(saved_data, k)!r} vs config {select_dotted(current_data, k)!r}" for k in changed
+                f"{key}: file {select_dotted(saved_data, key)!r} vs config {select_dotted(current_data, key)!r}"
+                for key in changed
             )
             raise ConfigError(
                 f"run.resume_ckpt_path: a resume trains on the saved run's data, but {details}; "
@@ -382,7 +383,8 @@ class RunnerBase:
                 present = [label for label, count in result.metrics["support"].items() if count]
                 logger.warning(
                     "fold %d: every held-out clip is %r, where run.best_metric %s cannot rank epochs; "
-                    "the best epoch is the one with the lowest validation loss", fold, present[0], self.run_cfg.best_metric,
+                    "the best epoch is the one with the lowest validation loss",
+                    fold, present[0], self.run_cfg.best_metric,
                 )
             value = result.metrics.get(selected_by)
             history.append({"epoch": epoch, "train_loss": train_loss, "metrics": result.metrics})

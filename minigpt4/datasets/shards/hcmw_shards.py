@@ -1,14 +1,15 @@
 """``hcmw_caption`` read from shards (SPEC section 14): the same rows, checks and items as the folders.
 
-:class:`HCMWShardDataset` gives random access by row for the feature dump and validation:
-rows follow the index's clip order; every sample is decoded and checked once when the
-dataset is built (each member's bytes against the SHA-256 the index keeps too), under the same
+:class:`HCMWShardDataset` gives random access by row for the feature dump and validation: rows
+follow the index's clip order; every sample is decoded and checked once when the dataset is
+built (each member's bytes against the SHA-256 the index keeps too), under the same
 ``on_error`` as the folders (a problem names the shard and the key).  The pattern must name
-every shard the index lists, unless ``shard_subset``.  Under ``torchrun`` each rank checks a share of the shards (shard ``i`` belongs to
-rank ``i % world``) and the ranks share what they found, so all agree on the rows.  Items are
-read through a forward cursor: in-order access reads each shard once, without holding more
-than one sample in memory.  A dump rank takes a contiguous run of whole batches
-(:meth:`HCMWShardDataset.rows_of_rank`), so it opens only the shards holding them.
+every shard the index lists, unless ``shard_subset``.  Under ``torchrun`` each rank checks a
+share of the shards (shard ``i`` belongs to rank ``i % world``) and the ranks share what they
+found, so all agree on the rows.  Items are read through a forward cursor: in-order access reads
+each shard once, without holding more than one sample in memory.  A dump rank takes a contiguous
+run of whole batches (:meth:`HCMWShardDataset.rows_of_rank`), so it opens only the shards
+holding them.
 
 :class:`HCMWShardStream` streams the train rows of a fold with WebDataset: shards split per
 node and per worker, samples filtered by the fold in their JSON, shuffled through a seeded
@@ -56,7 +57,9 @@ def sample_problems(
         if member not in digests:
             problems.append((member, "has no checksum in the index (added since packing?)"))
         elif member_digest(sample[member]) != digests[member]:
-            problems.append((member, "SHA-256 differs from the index: changed since packing; restore or repack the shard"))
+            problems.append(
+                (member, "SHA-256 differs from the index: changed since packing; restore or repack the shard")
+            )
     meta = None
     try:
         meta = json.loads(sample[META]) if META in sample else None

@@ -7,8 +7,9 @@
 One sample per clip, in annotation order: the peak frame's PNG bytes and the vectors' ``.npy``
 bytes exactly as read (nothing is decoded or re-encoded), and a JSON with clip id, label and
 fold; ``index.json`` keeps every member's SHA-256, which readers verify.  Every tar header is
-fixed (mtime 0, owner 0, mode 0444), so the same input gives byte-identical shards.  Every clip's files must exist before anything is written; the files'
-contents are checked by whoever reads the shards, under the dataset's ``on_error``.
+fixed (mtime 0, owner 0, mode 0444), so the same input gives byte-identical shards.  Every
+clip's files must exist before anything is written; the files' contents are checked by whoever
+reads the shards, under the dataset's ``on_error``.
 """
 
 from __future__ import annotations

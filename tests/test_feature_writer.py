@@ -318,18 +318,42 @@ def test_processes_take_disjoint_rows_of_the_same_files(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------ values and batches
 
 
-def test_value_beyond_float16_is_a_named_error_suggesting_float32(tmp_path):
-    writer = make_writer(tmp_path / "f16")
+def test_value_beyond_float16_names_its_clip_and_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "f16"
+    writer = make_writer(out)
     writer.open()
     huge = rows_of([0, 1])
     huge["vectors"][1, 2] = 1e6  # finite, but float16 tops out at 65504
-    with pytest.raises(FeatureOutputError, match=r"vectors: .*1e\+06.*float16.*run\.feature_dtype: float32") as err:
+    huge["tokens"][1, 0, 0] = -7e5
+    with pytest.raises(FeatureOutputError) as err:
         writer.write([0, 1], huge)
-    assert "clip_0, clip_1" in str(err.value)
-    writer32 = make_writer(tmp_path / "f32", dtype="float32")
+    assert str(err.value) == (
+        f"{out}: vectors of clip_1: a value of 1e+06 does not fit float16 (largest 65504); "
+        "tokens of clip_1: a value of 700000 does not fit float16 (largest 65504); set run.feature_dtype: float32"
+    )
+    assert not out.exists()  # no zero-filled arrays, no manifest: the float32 rerun needs no --overwrite
+    writer32 = make_writer(out, dtype="float32")
     write_batches(writer32, writer32.open())
     writer32.write([0, 1], huge)
-    assert np.load(tmp_path / "f32" / "vectors.npy")[1, 2] == 1e6
+    assert np.load(out / "vectors.npy")[1, 2] == 1e6
+
+
+def test_value_beyond_float16_after_written_rows_keeps_them_and_asks_for_overwrite(tmp_path):
+    writer = make_writer(tmp_path, batch_size=2)
+    writer.open()
+    writer.write([0, 1], rows_of([0, 1]))
+    before = folder_bytes(tmp_path)
+    huge = rows_of([2, 3])
+    huge["vectors"][0, 0] = 1e5
+    with pytest.raises(FeatureOutputError) as err:
+        writer.write([2, 3], huge)
+    assert str(err.value) == (
+        f"{tmp_path}: vectors of clip_2: a value of 100000 does not fit float16 (largest 65504); "
+        "set run.feature_dtype: float32 and pass --overwrite (this folder keeps the dump's float16 files and rows written)"
+    )
+    assert folder_bytes(tmp_path) == before  # the written rows and their progress are kept
+    with pytest.raises(FeatureOutputError, match="differs in: dtype"):
+        make_writer(tmp_path, dtype="float32", batch_size=2).open()
 
 
 @pytest.mark.parametrize("layout", ["stacked", "per_clip"])

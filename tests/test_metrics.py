@@ -47,13 +47,16 @@ def test_binary_metrics_hand_values():
     assert (result["precision"], result["recall"], result["balanced_accuracy"]) == pytest.approx((0.75, 0.75, 0.75))
 
 
-def test_single_class_has_no_auc(caplog):
+def test_single_class_has_no_auc_nor_balanced_accuracy(caplog):
     with caplog.at_level(logging.WARNING, logger="minigpt4.tasks.metrics"):
-        result = mw_metrics([NON, NON, NON], [NON, MW, NON], [0.1, 0.7, 0.2])
-    assert result["roc_auc"] is None
-    assert "ROC AUC undefined" in caplog.text
+        result = mw_metrics([NON, NON, NON], [NON, NON, NON], [0.1, 0.3, 0.2])
+    # sklearn's balanced accuracy would be 1.0 here: the recall of the one class present
+    assert result["roc_auc"] is None and result["balanced_accuracy"] is None
+    assert result["single_class"] is True and mw_metrics(Y_TRUE, Y_PRED, P_MW)["single_class"] is False
+    assert "balanced accuracy and ROC AUC undefined" in caplog.text
     assert result["support"] == {MW: 0, NON: 3}
     assert result["precision"] == 0.0 and result["recall"] == 0.0
+    assert result["accuracy"] == 1.0
 
 
 def test_binary_metrics_reject_bad_input():

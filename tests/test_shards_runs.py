@@ -148,6 +148,8 @@ def test_training_from_shards_in_index_order_matches_training_from_folders(shard
     train(tmp_path / "shards", *options, from_shards(shards, TRAIN))
     folders, from_shards_ = (json.loads((tmp_path / side / "fold_1" / "metrics.json").read_text())
                              for side in ("folders", "shards"))
+    # the validation loss follows the weights, which differ in the last bits (the sum's order)
+    assert from_shards_["best"].pop("loss") == pytest.approx(folders["best"].pop("loss"), rel=1e-4)
     assert from_shards_["best"] == folders["best"]
     # the loss of the epoch's one step: the same clips, images, vectors, answers and weights
     assert from_shards_["history"][0]["train_loss"] == pytest.approx(folders["history"][0]["train_loss"], rel=1e-6)

@@ -184,7 +184,8 @@ def test_run_writes_every_file_per_fold_and_a_summary(reference, tiny_assets):
         for name in FOLD_FILES:
             assert (out / f"fold_{fold}" / name).is_file(), name
         metrics = json.loads((out / f"fold_{fold}" / "metrics.json").read_text())
-        assert metrics["fold"] == fold and metrics["best_metric"] == "balanced_accuracy"
+        assert metrics["fold"] == fold and metrics["best_metric"] == metrics["selected_by"] == "balanced_accuracy"
+        assert metrics["best"]["single_class"] is False  # both classes in every held-out fold of the assets
         assert [h["epoch"] for h in metrics["history"]] == list(range(EPOCHS))
         values = [h["metrics"]["balanced_accuracy"] for h in metrics["history"]]
         assert metrics["best_epoch"] == int(np.argmax(values))  # first epoch of the maximum
@@ -322,7 +323,17 @@ def test_best_checkpoint_through_model_ckpt_reproduces_its_validation(reference,
             assert torch.allclose(row, recorded[clip], rtol=1e-6, atol=1e-5), clip
     result = task.evaluation(model, loader, eval_set.candidate_answers)
 
+    loss = result.metrics.pop("loss")
+    assert loss == pytest.approx(saved["metrics"].pop("loss"), rel=1e-5)
     assert result.metrics == saved["metrics"]
+    # the validation loss is the training loss on the held-out clips: the model's own forward
+    weighted, weights = 0.0, 0.0
+    with torch.no_grad():
+        for samples in loader:
+            output = model(samples)
+            weighted += float(output.loss) * float(output.token_weight.sum())
+            weights += float(output.token_weight.sum())
+    assert loss == pytest.approx(weighted / weights, rel=1e-4)
     expected = read_predictions(fold_dir / "predictions.csv")
     assert [(r["clip"], r["label"], r["prediction"]) for r in result.predictions] == [
         (r["clip"], r["label"], r["prediction"]) for r in expected
@@ -386,6 +397,23 @@ def test_killed_and_resumed_run_ends_exactly_like_the_uninterrupted_one(referenc
         assert last["history"] == ref_last["history"] and last["best"] == ref_last["best"]
         assert torch.equal(last["rng"][0]["torch"], ref_last["rng"][0]["torch"])
         assert_same_tensors(load(ours / "checkpoint_best.pth")["model"], load(theirs / "checkpoint_best.pth")["model"])
+
+
+def test_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tiny_assets, tmp_path, monkeypatch):
+    """Same output_dir, same options: killed after fold 0 epoch 0 and resumed, every file ends
+    byte-identical to the uninterrupted run's (the checkpoints' pickles included)."""
+    out, uninterrupted = tmp_path / "run", tmp_path / "uninterrupted"
+    train(tiny_assets, out, "run.folds=[0]")
+    out.rename(uninterrupted)
+    calls = kill_after_saves(monkeypatch, 1)
+    with pytest.raises(Killed):
+        train(tiny_assets, out, "run.folds=[0]")
+    calls.update(n=0, kill_at=-1)
+    train(tiny_assets, out, "run.folds=[0]", f"run.resume_ckpt_path={out / 'fold_0' / 'checkpoint_last.pth'}")
+    files = sorted(p.relative_to(uninterrupted) for p in uninterrupted.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for name in files:
+        assert (out / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 
 def test_resume_follows_the_order_of_run_folds(reference, tiny_assets, tmp_path, monkeypatch):

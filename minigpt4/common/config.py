@@ -12,6 +12,7 @@ that names the key, before any weights are read.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -105,7 +106,8 @@ def check_against_defaults(values: dict, defaults: dict, prefix: str, open_keys:
             check_against_defaults(value, default, dotted, open_keys)
 
 
-def _select(values: dict, dotted: str) -> Any:
+def select_dotted(values: dict, dotted: str) -> Any:
+    """The value at ``a.b.c`` of nested plain dicts, or None."""
     node: Any = values
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
@@ -133,6 +135,9 @@ def check_rules(values: dict, root: dict, prefix: str) -> None:
         if isinstance(value, dict):
             check_rules(value, root, dotted)
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            # YAML's .nan and .inf are floats, and NaN slips through every range check (nan < 0 is false)
+            raise ConfigError(f"{dotted}: must be a finite number, got {value!r}")
         rule = rule_for(dotted)
         problem = rule.problem(value, root, values) if rule is not None and value is not None else None
         if problem:
@@ -283,12 +288,12 @@ class Config:
         raw = OmegaConf.to_container(self.config, resolve=False)
         problems, variables = [], []
         for key, required in self._path_keys(resolved):
-            value = _select(resolved, key)
+            value = select_dotted(resolved, key)
             if not value and not required:
                 continue
             if value and (str(value).startswith(("http://", "https://")) or Path(str(value)).expanduser().exists()):
                 continue
-            names = ENV_VARIABLE.findall(str(_select(raw, key) or ""))
+            names = ENV_VARIABLE.findall(str(select_dotted(raw, key) or ""))
             variables += [name for name in names if name not in variables]
             where = f" (environment variable {', '.join(names)})" if names else ""
             problems.append(f"{key}: path not found: {value}{where}" if value else f"{key}: required path is not set{where}")

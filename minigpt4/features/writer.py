@@ -37,6 +37,7 @@ import numpy as np
 
 from minigpt4.common import dist_utils
 from minigpt4.common.atomic_io import save_npy_atomic, write_text_atomic
+from minigpt4.datasets.errors import SKIPPED_REPORT
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,15 @@ def names_digest(names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def value_range_problem(kind: str, batch: np.ndarray, dtype: np.dtype) -> str | None:
-    """Why ``batch`` cannot be stored as ``dtype`` (finite values beyond its range), or None.
-
-    Casting would turn them into inf while the manifest calls the file complete.
-    """
+def rows_beyond_range(batch: np.ndarray, dtype: np.dtype) -> tuple[list[int], float]:
+    """The rows (first axis) of ``batch`` holding finite values beyond ``dtype``'s range, and
+    the largest such magnitude.  Casting would turn them into inf while the manifest calls the
+    file complete."""
     if dtype.kind != "f" or not batch.size:
-        return None
-    limit = np.finfo(dtype).max
-    finite = batch[np.isfinite(batch)]
-    if finite.size and np.abs(finite).max() > limit:
-        return (
-            f"{kind}: a value of {np.abs(finite).max():.6g} does not fit {dtype.name} (largest {float(limit):.6g}); "
-            "set run.feature_dtype: float32"
-        )
-    return None
+        return [], 0.0
+    magnitude = np.abs(np.where(np.isfinite(batch), batch, 0)).reshape(len(batch), -1).max(axis=1)
+    beyond = np.flatnonzero(magnitude > np.finfo(dtype).max)
+    return beyond.tolist(), float(magnitude[beyond].max()) if beyond.size else 0.0
 
 
 def fingerprint_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
@@ -189,6 +184,7 @@ class FeatureWriter:
             layout=layout,
         )
         self._done: np.memmap | None = None
+        self._created_dir = False  # whether this run made out_dir (a discarded dump takes it away again)
 
     def _file_entry(self, kind: str) -> dict:
         if self.layout == "stacked":
@@ -239,11 +235,14 @@ class FeatureWriter:
                         f"(differs in: {', '.join(changed)}); refusing to mix them. Pass --overwrite "
                         "(run.overwrite: true) to replace them, or choose another run.output_dir"
                     )
+                logger.warning("overwriting the features in %s", self.out_dir)
                 self._remove_outputs()
             elif previous.get("complete"):
                 return
         elif self.overwrite:
+            logger.warning("overwriting the features in %s", self.out_dir)
             self._remove_outputs()
+        self._created_dir = not self.out_dir.exists()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # The manifest goes first: whatever a crash leaves behind is tied to its fingerprint.
         write_text_atomic(manifest_path, json.dumps(dict(self.manifest, complete=False), indent=2) + "\n")
@@ -263,7 +262,6 @@ class FeatureWriter:
         np.save(self.out_dir / PROGRESS, np.zeros(n, dtype=np.uint8))
 
     def _remove_outputs(self) -> None:
-        logger.warning("overwriting the features in %s", self.out_dir)
         for name in (MANIFEST, NAMES, PROGRESS, *(f"{kind}.npy" for kind in self.row_shapes)):
             (self.out_dir / name).unlink(missing_ok=True)
         for kind in self.row_shapes:
@@ -282,10 +280,7 @@ class FeatureWriter:
             batch = arrays[kind]
             if batch.shape != (len(rows), *shape):
                 raise ValueError(f"{kind}: expected rows of shape {shape}, got a batch of {batch.shape}")
-            problem = value_range_problem(kind, batch, self.dtype)
-            if problem:
-                clips = ", ".join(self.names[row] for row in rows)
-                raise FeatureOutputError(f"{self.out_dir}: clips {clips}: {problem}")
+        self._check_value_range(rows, arrays)
         if self.layout == "per_clip":
             for i, row in enumerate(rows):
                 for kind in self.row_shapes:
@@ -300,6 +295,40 @@ class FeatureWriter:
         # Marked only after the data is on disk: a killed run redoes at most this batch.
         self._done[index] = 1
         self._done.flush()
+
+    def _check_value_range(self, rows: Sequence[int], arrays: Mapping[str, np.ndarray]) -> None:
+        """Refuse a batch with values ``dtype`` cannot hold, naming the clips that hold them.
+        With no row of the folder written yet, the dump's files go first (they hold nothing),
+        so the suggested float32 rerun finds a clean folder and needs no --overwrite."""
+        problems = []
+        for kind in self.row_shapes:
+            beyond, largest = rows_beyond_range(arrays[kind], self.dtype)
+            if beyond:
+                clips = ", ".join(self.names[rows[i]] for i in beyond)
+                problems.append(
+                    f"{kind} of {clips}: a value of {largest:.6g} does not fit {self.dtype.name} "
+                    f"(largest {float(np.finfo(self.dtype).max):.6g})"
+                )
+        if problems:
+            remedy = "set run.feature_dtype: float32"
+            if not self._discard_if_nothing_written():
+                kept = f"this folder keeps the dump's {self.dtype.name} files and rows written"
+                remedy += f" and pass --overwrite ({kept})"
+            raise FeatureOutputError(f"{self.out_dir}: {'; '.join(problems)}; {remedy}")
+
+    def _discard_if_nothing_written(self) -> bool:
+        """Remove this dump's files, and out_dir if this run made it, when no row of the folder
+        holds data; returns whether it did.  One process only: under torchrun other ranks may
+        be writing into the same files."""
+        if dist_utils.get_world_size() > 1 or any(self.is_done(row) for row in range(len(self.names))):
+            return False
+        self._done = None  # unmapped before its file goes
+        self._remove_outputs()
+        (self.out_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # the runner's report of this dump
+        if self._created_dir and not any(self.out_dir.iterdir()):
+            self.out_dir.rmdir()
+        logger.info("%s: nothing was written; the dump's files are removed", self.out_dir)
+        return True
 
     def finish(self) -> dict:
         """Seal the folder once every process is done; returns the manifest."""

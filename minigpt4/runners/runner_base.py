@@ -2,10 +2,12 @@
 
 For each held-out fold in ``run.folds`` the trainable tensors are reset to their initial
 values, trained for ``max_epoch`` epochs and validated after every epoch; the best epoch by
-``run.best_metric`` is kept.  Per fold: ``checkpoint_last.pth`` (exact resume),
+``run.best_metric`` is kept (by the validation loss where the held-out clips are all of one
+class).  Per fold: ``checkpoint_last.pth`` (exact resume, byte for byte),
 ``checkpoint_best.pth`` (released layout, loadable through ``model.ckpt``), ``metrics.json``
-and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds.  Every
-one of them is written atomically (``minigpt4.common.atomic_io``).
+and ``predictions.csv``; at the end ``summary.json`` with mean and spread across folds; and
+``skipped.tsv`` naming the clips ``on_error: skip`` left out.  Every one of them is written
+atomically (``minigpt4.common.atomic_io``).
 
 An epoch is ``iters_per_epoch`` micro-batches (data batches of ``batch_size_train`` per
 process), as in LAVIS; every ``accum_grad_iters`` of them make one optimizer step, and the lr
@@ -24,9 +26,10 @@ import logging
 import random
 import re
 import shutil
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,10 +41,12 @@ from minigpt4.common import dist_utils
 from minigpt4.common.atomic_io import save_torch_atomic, write_text_atomic
 from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint
 from minigpt4.common.logger import MetricLogger, setup_logging
-from minigpt4.common.config import Config, ConfigError
+from minigpt4.common.config import Config, ConfigError, select_dotted
 from minigpt4.common.optims import build_optimizer_param_groups
 from minigpt4.common.registry import registry
 from minigpt4.datasets.data_utils import collate_clips
+from minigpt4.datasets.errors import SKIPPED_REPORT, write_skipped_report
+from minigpt4.features.writer import fingerprint_differences
 from minigpt4.models.checkpoint_maps import load_released_state
 from minigpt4.runners.common import model_config_for, row_loader, seed_everything, select_device
 from minigpt4.runners.tracking import Tracker
@@ -60,6 +65,8 @@ SCHEDULE_KEYS = (
     "lr_sched", "max_epoch", "iters_per_epoch", "init_lr", "min_lr", "warmup_lr", "warmup_steps", "decay_rate",
     "weight_decay",
 )
+# Run keys that say how a process was started, not what the run is: checkpoints leave them out.
+INVOCATION_KEYS = ("resume_ckpt_path", "overwrite")
 FOLD_DIR = re.compile(r"^fold_-?\d+$")  # the folders a run writes into output_dir
 
 
@@ -82,6 +89,23 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _shared_strings(obj: Any, table: dict | None = None) -> Any:
+    """``obj`` (plain data and tensors) rebuilt so that equal strings are one object.
+
+    Pickle writes a string once and refers back to that object later; a history read back
+    from a resume file holds other string objects than one built in this process, so without
+    this a resumed run's checkpoint would hold the same data in other bytes.
+    """
+    table = {} if table is None else table
+    if isinstance(obj, str):
+        return table.setdefault(obj, obj)
+    if type(obj) in (dict, OrderedDict):
+        return type(obj)((_shared_strings(k, table), _shared_strings(v, table)) for k, v in obj.items())
+    if type(obj) in (list, tuple):
+        return type(obj)(_shared_strings(item, table) for item in obj)
+    return obj
 
 
 def set_train_mode(model: torch.nn.Module) -> None:
@@ -162,6 +186,12 @@ class RunnerBase:
             )
         if self.run_cfg.max_epoch < 1:
             raise ConfigError(f"run.max_epoch: must be at least 1, got {self.run_cfg.max_epoch}")
+        folds = list(self.run_cfg.folds)
+        if not folds:
+            raise ConfigError("run.folds: empty; list the test_fold_num of each held-out fold, e.g. [0, 1, 2]")
+        repeated = sorted({fold for fold in folds if folds.count(fold) > 1})
+        if repeated:
+            raise ConfigError(f"run.folds: fold {repeated[0]} is listed more than once in {folds}")
         if not cfg.datasets_cfg:
             raise ConfigError("datasets: no training dataset configured")
         self.out_dir = Path(self.run_cfg.output_dir)
@@ -186,6 +216,19 @@ class RunnerBase:
             raise ConfigError(
                 f"run.resume_ckpt_path: a resume continues the saved run's schedule exactly, but {details}; "
                 "resume with the saved values, or start a new run from its weights with model.ckpt"
+            )
+        saved_data = {"datasets": state.get("config", {}).get("datasets") or {}}
+        current_data = {"datasets": OmegaConf.to_container(self.cfg.datasets_cfg, resolve=True)}
+        changed = fingerprint_differences(saved_data, current_data)
+        if changed:
+            # the folds before the resumed one were trained on the saved data: summary.json would mix two data sets
+            details = ", ".join(
+                f"{key}: file {select_dotted(saved_data, key)!r} vs config {select_dotted(current_data, key)!r}"
+                for key in changed
+            )
+            raise ConfigError(
+                f"run.resume_ckpt_path: a resume trains on the saved run's data, but {details}; "
+                "resume with the saved dataset settings, or start a new run from its weights with model.ckpt"
             )
         if state["fold"] not in self.run_cfg.folds:
             raise ConfigError(f"run.resume_ckpt_path: {path} belongs to fold {state['fold']}, not in run.folds")
@@ -259,6 +302,7 @@ class RunnerBase:
         model = self.task.build_model(model_config_for(self.cfg.model_cfg, device)).to(device)
         initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self._remove_earlier_run()
+        self._report_skipped()
         tracker = Tracker(self.run_cfg, self.out_dir, self.cfg.to_dict())
         # folds before the resumed one in run.folds order are finished: their metrics are read back
         finished = folds[: folds.index(self.resume["fold"])] if self.resume is not None else []
@@ -289,6 +333,19 @@ class RunnerBase:
         if earlier:
             logger.info("run.overwrite: removed %s of the earlier run in %s", ", ".join(sorted(p.name for p in earlier)), self.out_dir)
         dist_utils.barrier()
+
+    def _report_skipped(self) -> None:
+        """``skipped.tsv``: every problem of the clips ``on_error: skip`` left out of this run
+        (none: a report an overwritten run left goes)."""
+        if not dist_utils.is_main_process():
+            return
+        skipped = [bad for builder in self._builders for bad in builder.validated.skipped]
+        if skipped:
+            write_skipped_report(self.out_dir, skipped)
+            logger.warning("left out %d clip(s) with bad input (on_error: skip); see %s",
+                           len({bad.clip for bad in skipped}), self.out_dir / SKIPPED_REPORT)
+        else:
+            (self.out_dir / SKIPPED_REPORT).unlink(missing_ok=True)
 
     def _read_fold_metrics(self, fold: int) -> dict:
         path = self.out_dir / f"fold_{fold}" / "metrics.json"
@@ -321,25 +378,41 @@ class RunnerBase:
             train_loss = self._train_epoch(net, optimizer, scheduler, scaler, train_set, fold, epoch, micro_batches, tracker)
             net.eval()
             result = self.task.evaluation(model, eval_loader, candidates)
-            value = result.metrics.get(self.run_cfg.best_metric)
+            selected_by = self._selection_metric(result.metrics)
+            if selected_by != self.run_cfg.best_metric and epoch == start_epoch:
+                present = [label for label, count in result.metrics["support"].items() if count]
+                logger.warning(
+                    "fold %d: every held-out clip is %r, where run.best_metric %s cannot rank epochs; "
+                    "the best epoch is the one with the lowest validation loss",
+                    fold, present[0], self.run_cfg.best_metric,
+                )
+            value = result.metrics.get(selected_by)
             history.append({"epoch": epoch, "train_loss": train_loss, "metrics": result.metrics})
             for name, metric in result.metrics.items():
                 if isinstance(metric, (int, float)) and not isinstance(metric, bool):
                     tracker.scalar(f"fold_{fold}/val/{name}", metric, epoch)
-            logger.info("fold %d epoch %d: train loss %.4f, %s %s", fold, epoch, train_loss, self.run_cfg.best_metric, value)
-            if self._improves(value, best["value"]):
+            logger.info("fold %d epoch %d: train loss %.4f, %s %s", fold, epoch, train_loss, selected_by, value)
+            if self._improves(value, best["value"], selected_by):
                 best = {"epoch": epoch, "value": value, "metrics": result.metrics}
                 self._save_best(model, fold_dir, fold, epoch, result)
             self._save_last(model, optimizer, scheduler, scaler, fold_dir, fold, epoch, history, best)
         self._write_fold_metrics(fold_dir, fold, history, best)
         return best["metrics"]
 
-    def _improves(self, value, best) -> bool:
+    def _selection_metric(self, metrics: dict) -> str:
+        """``run.best_metric``, or ``loss`` where the held-out clips are all of one class: there
+        every classification metric is undefined or degenerate (answering that class always
+        scores 1.0), and the validation loss still tells epochs apart."""
+        if metrics.get("single_class") and "loss" in metrics:
+            return "loss"
+        return self.run_cfg.best_metric
+
+    def _improves(self, value, best, metric: str) -> bool:
         if value is None:
             return best is None
         if best is None:
             return True
-        larger_is_better = self.task.METRICS[self.run_cfg.best_metric]
+        larger_is_better = self.task.METRICS[metric]
         return value > best if larger_is_better else value < best
 
     def _batches(self, train_set, fold: int, epoch: int, steps: int) -> Iterator[dict]:
@@ -370,8 +443,8 @@ class RunnerBase:
             return
         save_torch_atomic(
             fold_dir / "checkpoint_best.pth",
-            {"model": model.trainable_state_dict(), "fold": fold, "epoch": epoch, "metrics": result.metrics,
-             "config": self.cfg.to_dict()},
+            _shared_strings({"model": model.trainable_state_dict(), "fold": fold, "epoch": epoch,
+                            "metrics": result.metrics, "config": self._saved_config()}),
         )
         buffer = io.StringIO(newline="")
         writer = csv.DictWriter(buffer, fieldnames=["clip", "label", "prediction", "p_mw"], extrasaction="ignore")
@@ -384,11 +457,21 @@ class RunnerBase:
         if dist_utils.is_main_process():
             save_torch_atomic(
                 fold_dir / "checkpoint_last.pth",
-                {"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "lr_sched": scheduler.state_dict(), "fold": fold, "epoch": epoch,
-                 "history": history, "best": best, "rng": rng, "config": self.cfg.to_dict()},
+                _shared_strings({"model": model.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+                                "scaler": scaler.state_dict(), "lr_sched": scheduler.state_dict(), "fold": fold,
+                                "epoch": epoch, "history": history, "best": best, "rng": rng,
+                                "config": self._saved_config()}),
             )
         dist_utils.barrier()
+
+    def _saved_config(self) -> dict:
+        """The config a checkpoint records: the run's, without how this process was started
+        (``run.resume_ckpt_path``, ``run.overwrite``), so a resumed run saves the bytes an
+        uninterrupted one does."""
+        config = self.cfg.to_dict()
+        for key in INVOCATION_KEYS:
+            config["run"].pop(key, None)
+        return config
 
     def _restore(self, model, optimizer, scheduler, scaler) -> tuple[int, list, dict]:
         state = self.resume
@@ -409,13 +492,15 @@ class RunnerBase:
 
     def _write_fold_metrics(self, fold_dir: Path, fold: int, history: list, best: dict) -> None:
         if dist_utils.is_main_process():
-            payload = {"fold": fold, "best_metric": self.run_cfg.best_metric, "best_epoch": best["epoch"],
+            payload = {"fold": fold, "best_metric": self.run_cfg.best_metric,
+                       "selected_by": self._selection_metric(best["metrics"]), "best_epoch": best["epoch"],
                        "best": best["metrics"], "history": history}
             write_text_atomic(fold_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
 
     def _write_summary(self, results: dict) -> dict:
         per_fold = {f"fold {fold}": metrics for fold, metrics in results.items()}
         summary = {"best_metric": self.run_cfg.best_metric, "folds": {str(k): v for k, v in results.items()},
+                   "selected_by": {str(k): self._selection_metric(v) for k, v in results.items()},
                    "summary": summarize_folds(list(results.values()))}
         if dist_utils.is_main_process():
             write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

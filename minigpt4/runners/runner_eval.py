@@ -48,6 +48,11 @@ class RunnerEval:
         self.run_cfg = cfg.run_cfg
         self.dataset_names = list(dataset_names)
         sections = {**cfg.datasets_cfg, **cfg.evaluation_datasets_cfg}
+        if not self.dataset_names:
+            raise ConfigError(
+                f"--dataset: names no dataset; give one or more comma-separated names "
+                f"(configured in {cfg.args.cfg_path}: {', '.join(sections) or 'none'})"
+            )
         for name in self.dataset_names:
             if name not in sections:
                 raise ConfigError(

@@ -78,6 +78,8 @@ class FeatureDumpTask(BaseTask):
             "instruction": instruction,
             "skipped": len({bad.clip for bad in getattr(dataset, "skipped", [])}),  # clips, not problems
         }
+        if getattr(dataset, "shard_urls", None):  # read from shards: which of the index's were read
+            manifest["shards"] = {"index": dataset.index_url, "read": list(dataset.shard_urls)}
         writer = FeatureWriter(
             out_dir,
             dataset.names,

@@ -8,7 +8,6 @@ ready for ``json.dump``.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -50,9 +49,11 @@ def binary_classification_metrics(
 ) -> dict[str, Any]:
     """Metrics of a two-class task; ``precision``/``recall``/``f1`` are those of ``positive_label``.
 
-    ``p_positive`` is each sample's probability of ``positive_label`` (for ROC AUC).  ROC AUC
-    is ``None`` when ``y_true`` holds a single class, where it is undefined.  The confusion
-    matrix has rows = true label, columns = predicted label, both in ``labels`` order.
+    ``p_positive`` is each sample's probability of ``positive_label`` (for ROC AUC).  When
+    ``y_true`` holds a single class, ``single_class`` is True and ROC AUC and balanced accuracy
+    are ``None``: the first is undefined, the second would be the recall of the one class
+    present (1.0 for a model that always answers it).  The confusion matrix has rows = true
+    label, columns = predicted label, both in ``labels`` order.
     """
     _check_lengths(y_true, y_pred)
     if len(p_positive) != len(y_true):
@@ -67,15 +68,12 @@ def binary_classification_metrics(
         y_true, y_pred, labels=[positive_label], average=None, zero_division=0
     )
     present = set(y_true.tolist())
-    if len(present) < 2:
-        logger.warning("ROC AUC undefined: every true label is %r", next(iter(present)))
-        roc_auc = None
+    single_class = len(present) < 2
+    if single_class:
+        logger.warning("balanced accuracy and ROC AUC undefined: every true label is %r", next(iter(present)))
+        roc_auc = balanced_accuracy = None
     else:
         roc_auc = float(roc_auc_score(y_true == positive_label, np.asarray(p_positive, dtype=float)))
-    with warnings.catch_warnings():
-        # A single-class fold (logged above) makes sklearn warn that the absent class's recall
-        # is skipped; balanced accuracy is then the recall of the class present, as intended.
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         balanced_accuracy = float(balanced_accuracy_score(y_true, y_pred))
 
     return {
@@ -91,6 +89,7 @@ def binary_classification_metrics(
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "confusion_labels": labels,
         "support": {label: int((y_true == label).sum()) for label in labels},
+        "single_class": single_class,
     }
 
 

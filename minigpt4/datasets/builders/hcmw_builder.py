@@ -61,6 +61,7 @@ class HCMWBuilder(BaseDatasetBuilder):
                 info.shards,
                 info.shard_index,
                 audio=bool(info.audio_dir),  # as with the folders: empty = no audio stream
+                shard_subset=info.shard_subset,
                 feature_dim=cfg.feature_dim,
                 instruction=cfg.instruction,
                 answers=dict(cfg.answers),

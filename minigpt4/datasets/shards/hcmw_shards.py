@@ -1,17 +1,20 @@
 """``hcmw_caption`` read from shards (SPEC section 14): the same rows, checks and items as the folders.
 
-:class:`HCMWShardDataset` gives random access by row for the feature dump and validation:
-rows follow the index's clip order; every sample is decoded and checked once when the
-dataset is built, under the same ``on_error`` as the folders (a problem names the shard and
-the key).  Under ``torchrun`` each rank checks a share of the shards (shard ``i`` belongs to
-rank ``i % world``) and the ranks share what they found, so all agree on the rows.  Items are
-read through a forward cursor: in-order access reads each shard once, without holding more
-than one sample in memory.  A dump rank takes a contiguous run of whole batches
-(:meth:`HCMWShardDataset.rows_of_rank`), so it opens only the shards holding them.
+:class:`HCMWShardDataset` gives random access by row for the feature dump and validation: rows
+follow the index's clip order; every sample is decoded and checked once when the dataset is
+built (each member's bytes against the SHA-256 the index keeps too), under the same
+``on_error`` as the folders (a problem names the shard and the key).  The pattern must name
+every shard the index lists, unless ``shard_subset``.  Under ``torchrun`` each rank checks a
+share of the shards (shard ``i`` belongs to rank ``i % world``) and the ranks share what they
+found, so all agree on the rows.  Items are read through a forward cursor: in-order access reads
+each shard once, without holding more than one sample in memory.  A dump rank takes a contiguous
+run of whole batches (:meth:`HCMWShardDataset.rows_of_rank`), so it opens only the shards
+holding them.
 
 :class:`HCMWShardStream` streams the train rows of a fold with WebDataset: shards split per
 node and per worker, samples filtered by the fold in their JSON, shuffled through a seeded
-buffer, ``ceil(train rows / world)`` samples per rank and epoch.
+buffer, ``ceil(train rows / world)`` samples per rank and epoch; a shard the check found cut
+short is read up to its break.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from webdataset.utils import pytorch_worker_info
 from minigpt4.common import dist_utils
 from minigpt4.datasets.datasets.clip_inputs import UnusableFile, check_image_bytes, open_rgb, vector_from_bytes
 from minigpt4.datasets.datasets.hcmw_dataset import LABELS, NO_FOLD, HCMWDataset, HCMWRow
-from minigpt4.datasets.errors import BadClip, DataError
-from minigpt4.datasets.shards.layout import IMAGE, META, VECTORS
+from minigpt4.datasets.errors import SHOWN_IN_MESSAGE, BadClip, DataError
+from minigpt4.datasets.shards.layout import IMAGE, META, VECTORS, member_digest
 from minigpt4.datasets.shards.sources import ShardError, expand_pattern, index_location, iter_samples, read_index
 
 
@@ -45,10 +48,18 @@ class ShardRow(HCMWRow):
 
 
 def sample_problems(
-    sample: Mapping, clip: str, dim: int, vector_kinds: list[str]
+    sample: Mapping, clip: str, dim: int, vector_kinds: list[str], digests: Mapping[str, str]
 ) -> tuple[dict | None, list[tuple[str, str]]]:
-    """(the sample's JSON if usable, [(member, problem)]) under the folder layout's rules."""
+    """(the sample's JSON if usable, [(member, problem)]) under the folder layout's rules, and
+    every member's bytes against its SHA-256 in the index (``digests``: suffix -> hex)."""
     problems = []
+    for member in sorted(name for name in sample if not name.startswith("__")):
+        if member not in digests:
+            problems.append((member, "has no checksum in the index (added since packing?)"))
+        elif member_digest(sample[member]) != digests[member]:
+            problems.append(
+                (member, "SHA-256 differs from the index: changed since packing; restore or repack the shard")
+            )
     meta = None
     try:
         meta = json.loads(sample[META]) if META in sample else None
@@ -100,8 +111,11 @@ class ShardCursor:
 class HCMWShardDataset(HCMWDataset):
     """The rows of the shards ``shards`` (a brace pattern) in index order, checked like the folders."""
 
-    def __init__(self, vis_processor, shards: str, shard_index: str = "", *, audio: bool, **options):
-        """``audio``: read each sample's audio vector (the shards must hold them); else zeros."""
+    def __init__(self, vis_processor, shards: str, shard_index: str = "", *, audio: bool, shard_subset: bool = False,
+                 **options):
+        """``audio``: read each sample's audio vector (the shards must hold them); else zeros.
+        ``shard_subset``: ``shards`` may name only some of the shards the index lists."""
+        self.pattern, self.shard_subset = shards, shard_subset
         self.shard_urls = expand_pattern(shards)
         self.index_url = index_location(self.shard_urls, shard_index)
         self.index = read_index(self.index_url)
@@ -114,6 +128,7 @@ class HCMWShardDataset(HCMWDataset):
         self.entries = self._index_entries()
         self.key_order = [{key: i for i, key in enumerate(entry["keys"])} for entry in self.entries]
         self.problems: dict[str, list[BadClip]] = {}
+        self.damaged_urls: set[str] = set()  # shards the check could not read to the end
         self.fold = NO_FOLD
         self._cursor: tuple[int, ShardCursor] | None = None  # (process id, cursor): never shared by a fork
         # no folders: rows, files and the audio stream all come from the shards
@@ -131,21 +146,34 @@ class HCMWShardDataset(HCMWDataset):
                     f"{url}: shard {name!r} is not listed in {self.index_url}; pack the shards and their index together"
                 )
             entries.append(by_name[name])
+            if len(by_name[name].get("sha256") or []) != len(by_name[name]["keys"]):
+                raise ShardError(f"{self.index_url}: shard {name!r} lacks a checksum per sample; pack the shards again")
+        named = {entry["name"] for entry in entries}
+        left_out = [name for name in by_name if name not in named]
+        if left_out and not self.shard_subset:
+            listed = ", ".join(left_out[:SHOWN_IN_MESSAGE]) + (", ..." if len(left_out) > SHOWN_IN_MESSAGE else "")
+            raise ShardError(
+                f"build_info.shards: {self.pattern!r} names {len(entries)} of the {len(by_name)} shards in "
+                f"{self.index_url}; missing {listed}; name them all (the index's pattern is {self.index['pattern']}), "
+                "or set build_info.shard_subset: true to read only these"
+            )
         return entries
 
     # ---- rows and checks ------------------------------------------------------------------------
     def _read_rows(self) -> list[ShardRow]:
         """Check this rank's shards, share the findings, and list every row in index order."""
         rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
-        found, problems, fatal = {}, [], []
+        found, problems, fatal, damaged = {}, [], [], []
         for number in range(rank, len(self.shard_urls), world):
-            rows, bad, unlisted = self._scan_shard(number)
+            rows, bad, unlisted, readable = self._scan_shard(number)
             found.update(rows)
             problems += bad
             fatal += unlisted
+            damaged += [] if readable else [self.shard_urls[number]]
         # shared before anything is raised: a rank raising alone would leave the others waiting
-        for rows, bad, unlisted in dist_utils.all_gather_object((found, problems, fatal)):
+        for rows, bad, unlisted, cut_short in dist_utils.all_gather_object((found, problems, fatal, damaged)):
             found.update(rows)
+            self.damaged_urls.update(cut_short)
             for problem in bad:
                 self.problems.setdefault(problem.clip, []).append(problem)
             if unlisted:
@@ -161,26 +189,38 @@ class HCMWShardDataset(HCMWDataset):
             raise ShardError(f"{self.index_url}: a clip is listed more than once")
         return rows
 
-    def _scan_shard(self, number: int) -> tuple[dict, list[BadClip], list[str]]:
-        """(usable rows by (shard, key), problems, samples the index does not list)."""
+    def _scan_shard(self, number: int) -> tuple[dict, list[BadClip], list[str], bool]:
+        """(usable rows by (shard, key), problems, samples the index does not list, whether the
+        shard reads to its end)."""
         url, entry = self.shard_urls[number], self.entries[number]
         clips = dict(zip(entry["keys"], entry["clips"]))
-        rows, problems, seen = {}, [], set()
+        digests = dict(zip(entry["keys"], entry["sha256"]))
+        rows, problems, seen, readable = {}, [], set(), True
         try:
             for sample in iter_samples(url):
                 key = sample["__key__"]
                 if key not in clips:
-                    return rows, problems, [f"{url}: key {key}"]
+                    return rows, problems, [f"{url}: key {key}"], readable
                 seen.add(key)
-                meta, bad = sample_problems(sample, clips[key], self.feature_dim, self.vector_kinds)
+                meta, bad = sample_problems(sample, clips[key], self.feature_dim, self.vector_kinds, digests[key])
                 problems += [BadClip(clips[key], f"{url} key {key}.{member}", problem) for member, problem in bad]
                 if meta is not None:
                     rows[(number, key)] = ShardRow(meta["clip"], meta["label"], meta["fold"], number, key)
             reason = "missing from the shard"
         except ShardError as exc:
-            reason = f"not read: {exc}"
+            reason, readable = f"not read: {exc}", False
         problems += [BadClip(clip, f"{url} key {key}", reason) for key, clip in clips.items() if key not in seen]
-        return rows, problems, []
+        return rows, problems, [], readable
+
+    def readable_samples(self, url: str) -> Iterator[dict]:
+        """The samples of one shard in order.  A shard the check found cut short ends quietly
+        where it breaks: the clips after the break were reported and left out (``on_error:
+        skip``), so training goes on with the rest instead of failing mid-epoch."""
+        try:
+            yield from iter_samples(url)
+        except ShardError:
+            if url not in self.damaged_urls:
+                raise
 
     def check_row(self, row: ShardRow) -> list[BadClip]:
         return self.problems.get(row.clip, [])
@@ -272,7 +312,7 @@ class HCMWShardStream(IterableDataset):
             random.Random(self.seed).shuffle(urls)  # the same on every rank: the split stays disjoint
         stages = [
             wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-            lambda shards: (sample for shard in shards for sample in iter_samples(shard["url"])),
+            lambda shards: (sample for shard in shards for sample in self.dataset.readable_samples(shard["url"])),
             wds.select(self._wanted),
         ]
         if self.shuffle_buffer:

@@ -5,19 +5,22 @@ A shard is a plain tar in WebDataset's convention: the members of one sample sha
 zero-padded (a clip id may hold dots, which WebDataset would read as suffixes); the clip id
 itself is in the sample's JSON.
 
-``index.json`` beside the shards lists, per shard, its keys and clip ids in order, and the
-counts per fold and label: a reader knows every row and an epoch's length without opening a
-shard.
+``index.json`` beside the shards lists, per shard, its keys and clip ids in order, the
+SHA-256 of every member of every sample, and the counts per fold and label: a reader knows
+every row and an epoch's length without opening a shard, and finds a member changed since
+packing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from typing import Iterable, Mapping
 
 INDEX_NAME = "index.json"
-INDEX_FORMAT = "hcmw-shards/1"
+INDEX_FORMAT = "hcmw-shards/2"
+UNCHECKED_FORMATS = ("hcmw-shards/1",)  # indexes written before members had checksums
 SHARD_PREFIX, SHARD_DIGITS, SHARD_SUFFIX = "hcmw-", 6, ".tar"
 KEY_DIGITS = 8
 
@@ -42,6 +45,11 @@ def sample_key(position: int) -> str:
     return f"{position:0{KEY_DIGITS}d}"
 
 
+def member_digest(data: bytes) -> str:
+    """The checksum the index keeps of one member's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def counts(samples: Iterable[Mapping]) -> dict:
     """Clips per fold and per label (JSON keys are strings, so folds are too)."""
     samples = list(samples)
@@ -55,13 +63,15 @@ def counts(samples: Iterable[Mapping]) -> dict:
 def index_text(shards: list[dict], audio: bool) -> str:
     """The index as written: sorted keys, no timestamps or paths, so equal input gives equal bytes.
 
-    ``shards``: per shard ``{"name", "samples": [{"key", "clip", "label", "fold"}]}``.
+    ``shards``: per shard ``{"name", "samples": [{"key", "clip", "label", "fold", "sha256"}]}``,
+    ``sha256`` mapping each member suffix of the sample to :func:`member_digest` of its bytes.
     """
     entries = [
         {
             "name": shard["name"],
             "keys": [s["key"] for s in shard["samples"]],
             "clips": [s["clip"] for s in shard["samples"]],
+            "sha256": [s["sha256"] for s in shard["samples"]],
             "counts": counts(shard["samples"]),
         }
         for shard in shards

@@ -6,9 +6,10 @@
 
 One sample per clip, in annotation order: the peak frame's PNG bytes and the vectors' ``.npy``
 bytes exactly as read (nothing is decoded or re-encoded), and a JSON with clip id, label and
-fold.  Every tar header is fixed (mtime 0, owner 0, mode 0444), so the same input gives
-byte-identical shards.  Every clip's files must exist before anything is written; the files'
-contents are checked by whoever reads the shards, under the dataset's ``on_error``.
+fold; ``index.json`` keeps every member's SHA-256, which readers verify.  Every tar header is
+fixed (mtime 0, owner 0, mode 0444), so the same input gives byte-identical shards.  Every
+clip's files must exist before anything is written; the files' contents are checked by whoever
+reads the shards, under the dataset's ``on_error``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from minigpt4.datasets.builders.hcmw_builder import HCMWBuilder
 from minigpt4.datasets.datasets.hcmw_dataset import HCMWRow, read_annotation
 from minigpt4.datasets.errors import SHOWN_IN_MESSAGE, BadClip, DataError
 from minigpt4.datasets.shards.layout import (
-    IMAGE, INDEX_NAME, META, SHARD_PREFIX, SHARD_SUFFIX, VECTORS, index_text, sample_key, shard_name,
+    IMAGE, INDEX_NAME, META, SHARD_PREFIX, SHARD_SUFFIX, VECTORS, index_text, member_digest, sample_key, shard_name,
 )
 
 
@@ -68,6 +69,8 @@ def pack_hcmw(
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     annotation, output = Path(annotation).expanduser(), Path(output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise DataError(f"--output {output}: is a file, not a folder; name a folder for the shards and index.json")
     vector_dirs = {"facemae": facemae_dir, "videomae": videomae_dir} | ({"audio": audio_dir} if audio_dir else {})
     layout = ClipFiles(Path(image_root).expanduser(), Path(feature_root).expanduser(), vector_dirs)
     rows = read_annotation(annotation)
@@ -110,17 +113,22 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
         raise DataError(
             f"{output} already holds shards ({earlier[0].name}); pass --overwrite or choose another --output"
         )
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a parent folder should be, no permission
+        raise DataError(f"--output {output}: cannot create the folder: {exc.strerror}") from None
     for path in earlier:
         path.unlink()
-    output.mkdir(parents=True, exist_ok=True)
 
 
 def _write_shard(handle: BinaryIO, samples: list[dict], layout: ClipFiles) -> None:
+    """Write the samples' members; each sample gets ``sha256`` (suffix -> digest) for the index."""
     with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             meta = {"clip": sample["clip"], "label": sample["label"], "fold": sample["fold"]}
             members = {META: json.dumps(meta, sort_keys=True).encode()}
             members |= {suffix: path.read_bytes() for suffix, path in layout.of(sample["clip"]).items()}
+            sample["sha256"] = {suffix: member_digest(data) for suffix, data in members.items()}
             for suffix, data in members.items():
                 tar.addfile(_fixed_header(f"{sample['key']}.{suffix}", len(data)), io.BytesIO(data))
 

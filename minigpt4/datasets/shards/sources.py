@@ -17,7 +17,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from minigpt4.common.checkpoint_io import CheckpointError, resolve_path
 from minigpt4.datasets.errors import DataError
-from minigpt4.datasets.shards.layout import INDEX_FORMAT, INDEX_NAME
+from minigpt4.datasets.shards.layout import INDEX_FORMAT, INDEX_NAME, UNCHECKED_FORMATS
 
 PIPE = "pipe:"
 
@@ -76,6 +76,11 @@ def read_index(url: str) -> dict:
             index = json.loads(handle.read())
     except (OSError, ValueError) as exc:
         raise ShardError(f"{url}: not a readable shard index: {exc}") from exc
+    if isinstance(index, dict) and index.get("format") in UNCHECKED_FORMATS:
+        raise ShardError(
+            f"{url}: written by an earlier pack, without the members' SHA-256 checksums a reader verifies; "
+            "pack the shards again (python -m minigpt4.datasets.shards.pack ... --overwrite)"
+        )
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
         raise ShardError(f"{url}: not an hcmw shard index (format {INDEX_FORMAT!r}); write it with the pack command")
     return index

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,18 @@ def test_training_stops_when_a_participant_spans_two_folds(tiny_assets, tmp_path
         "or set allow_split_participants: true to go on anyway"
     )
     assert not out.exists() or not list(out.rglob("*.pth"))
+
+
+def test_training_let_through_says_so_first(tiny_assets, tmp_path):
+    with open(tiny_assets["hcmw_csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:  # one participant everywhere
+        row["participant"] = "everyone"
+    annotation = write_rows(tmp_path / "people.csv", rows)
+    summary = train(tiny_assets, tmp_path / "out", f"datasets.hcmw_caption.build_info.annotation={annotation}",
+                    "datasets.hcmw_caption.allow_split_participants=true", "run.max_epoch=1", "run.iters_per_epoch=1")
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(written)[0] == "warnings" and written["warnings"] == summary["warnings"]
+    (warning,) = written["warnings"]
+    assert warning.startswith(f"{annotation}: 1 participant(s) have clips in more than one fold (everyone in folds 0, 1, 2)")
+    assert warning.endswith("(allow_split_participants: true)")

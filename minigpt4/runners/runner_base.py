@@ -499,10 +499,13 @@ class RunnerBase:
 
     def _write_summary(self, results: dict) -> dict:
         per_fold = {f"fold {fold}": metrics for fold, metrics in results.items()}
-        summary = {"best_metric": self.run_cfg.best_metric, "folds": {str(k): v for k, v in results.items()},
+        # e.g. folds that split a participant, let through by allow_split_participants: read first
+        warnings = [builder.fold_warning for builder in self._builders if builder.fold_warning]
+        summary = {"warnings": warnings, "best_metric": self.run_cfg.best_metric, "folds": {str(k): v for k, v in results.items()},
                    "selected_by": {str(k): self._selection_metric(v) for k, v in results.items()},
                    "summary": summarize_folds(list(results.values()))}
         if dist_utils.is_main_process():
             write_text_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-            logger.info("results across folds:\n%s", format_metrics_table(per_fold, summary["summary"]))
+            heading = "".join(f"WARNING: {warning}\n" for warning in warnings)
+            logger.info("results across folds:\n%s%s", heading, format_metrics_table(per_fold, summary["summary"]))
         return summary

@@ -28,6 +28,7 @@ class BaseDatasetBuilder:
     DATASET_CONFIG_DICT: dict[str, str] = {}  # config type -> YAML path relative to minigpt4/
     REQUIRED_PATHS: tuple[str, ...] = ()
     EVAL_TASK = ""  # registry name of the task eval_emotion.py runs on this dataset; "" = none yet
+    fold_warning: str | None = None  # what a fold check let through (hcmw: a participant in several folds)
 
     def __init__(self, cfg: Mapping[str, Any] | DictConfig | None = None):
         """``cfg`` is the dataset's section of the run config; keys it leaves out take the defaults."""

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from synthetic_clips import smooth_frames, write_video
+from synthetic_clips import smooth_frames, tones, write_video, write_wav
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from minigpt4.datasets.audio_track import read_audio_track, regroup
@@ -43,26 +43,6 @@ cli = _load_cli()
 def extract(input_path: Path, output: Path, model_dir: Path, *options: str) -> None:
     cli.main(["--input", str(input_path), "--output", str(output), "--model_dir", str(model_dir), "--device", "cpu",
               *options])
-
-
-def tones(rate: int, seconds: float = 1.0) -> np.ndarray:
-    """Three tones under a Hann window: all content well below 8 kHz, so resampling keeps it."""
-    t = np.arange(round(rate * seconds)) / rate
-    wave = sum(a * np.sin(2 * np.pi * hz * t + phase) for a, hz, phase in ((0.3, 220, 0), (0.2, 700, 1), (0.1, 1500, 2)))
-    return (wave * np.hanning(len(t))).astype(np.float32)
-
-
-def write_wav(path: Path, channels: np.ndarray, rate: int, codec: str = "pcm_f32le") -> Path:
-    """``channels`` float32 [C, n] (C = 1 or 2) as a WAV file."""
-    layout = "mono" if len(channels) == 1 else "stereo"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.layout = layout
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels.T.reshape(1, -1)), format="flt", layout=layout)
-        frame.sample_rate, frame.pts = rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")

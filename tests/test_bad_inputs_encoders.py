@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from synthetic_clips import smooth_frames, write_video
+from synthetic_clips import smooth_frames, tones, write_wav
 
 from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint
 from minigpt4.common.registry import registry
@@ -39,18 +39,6 @@ def command_error(name: str, argv: list[str]) -> str:
     with pytest.raises(SystemExit) as stop:
         load_cli(name).main(argv)
     return str(stop.value.code)
-
-
-def write_wav(path: Path, seconds: float) -> Path:
-    samples = (0.1 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * RATE)) / RATE)).astype(np.float32)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_f32le", rate=RATE)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
-        frame.sample_rate, frame.pts = RATE, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
 
 
 def sound_only_mp4(path: Path) -> Path:
@@ -160,7 +148,7 @@ def hubert_dir(tmp_path_factory, tiny_assets_script) -> Path:
 def sound_clips(tmp_path) -> Path:
     clips = tmp_path / "clips"
     clips.mkdir()
-    write_wav(clips / "a.wav", 0.5)
+    write_wav(clips / "a.wav", tones(RATE, 0.5)[None], RATE)
     return clips
 
 

@@ -8,12 +8,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic_clips import smooth_frames
+from synthetic_clips import smooth_frames, tones, write_wav
 
 from minigpt4.common.registry import registry
 from minigpt4.datasets.audio_track import read_audio_track
@@ -95,22 +94,6 @@ def test_video_mae_in_memory_is_the_commands_vector_of_the_npy_array(tmp_path, n
     assert video_mae_settings(model, source={"model": "video_mae_tiny"}) == record
 
 
-def write_stereo_wav(path: Path, seconds: float, rate: int = 44_100) -> Path:
-    """Stereo 44.1 kHz: the decoder's pieces at 16 kHz fall anywhere across the windows."""
-    t = np.arange(round(seconds * rate)) / rate
-    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.sin(2 * np.pi * 1300 * t)
-    right = 0.2 * np.sin(2 * np.pi * 330 * t + 1.0) + 0.02
-    samples = np.stack([left, right]).astype(np.float32)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("pcm_f32le", rate=rate)
-        stream.layout = "stereo"
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples.T.reshape(1, -1)), format="flt", layout="stereo")
-        frame.sample_rate, frame.pts = rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def hubert_dir(tmp_path_factory, tiny_assets_script) -> Path:
     folder = tmp_path_factory.mktemp("hubert") / "hubert"
@@ -121,7 +104,9 @@ def hubert_dir(tmp_path_factory, tiny_assets_script) -> Path:
 @pytest.mark.parametrize("feature_level", ["UTTERANCE", "FRAME"])
 def test_audio_in_memory_is_the_commands_vector_of_the_wav(tmp_path, hubert_dir, feature_level):
     (tmp_path / "clips").mkdir()
-    wav = write_stereo_wav(tmp_path / "clips" / "c1.wav", 1.3)  # six windows of 0.25 s (the last 0.217 s)
+    # stereo 44.1 kHz: the decoder's pieces at 16 kHz fall anywhere across the windows
+    wave = tones(44_100, 1.3)
+    wav = write_wav(tmp_path / "clips" / "c1.wav", np.stack([wave, 0.5 * np.roll(wave, 700) + 0.02]), 44_100)
     run_command(
         "extract_audio_embedding",
         ["--input", str(tmp_path / "clips"), "--output", str(tmp_path / "out"), "--model_dir", str(hubert_dir),

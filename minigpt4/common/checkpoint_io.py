@@ -102,6 +102,12 @@ def unwrap_state_dict(obj: Any, what: str, keys: tuple[str, ...] = ("model", "mo
     raise CheckpointError(f"{what}: expected a state dict (or one under {', '.join(keys)}), got {type(obj).__name__}")
 
 
+def read_state_dict(path: str | os.PathLike, kind: str, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of the weight file ``path`` of ``kind`` (``"FaceMAE checkpoint"``, the name
+    errors give it), read safely: ``{"model"|"module"|"state_dict": ...}`` or a raw state dict."""
+    return unwrap_state_dict(load_checkpoint(path, kind, trust_checkpoint), f"{kind} {path}")
+
+
 class LoadReport:
     """What happened when a state dict was put into a module.
 

@@ -37,7 +37,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, load_checkpoint, unwrap_state_dict
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, read_state_dict
 from minigpt4.models.base_model import quiet_transformers
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _read_weights(folder: Path, what: str, trust_checkpoint: bool) -> dict[str, 
             return load_file(file)
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{what}: {file.name} is not a readable safetensors file: {exc}") from exc
-    return unwrap_state_dict(load_checkpoint(file, what, trust_checkpoint), what)
+    return read_state_dict(file, what, trust_checkpoint)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ from synthetic_clips import smooth_frames, tones, write_wav
 from minigpt4.common.checkpoint_io import CheckpointError, load_checkpoint
 from minigpt4.common.registry import registry
 from minigpt4.datasets.frames import ClipReadError, open_clip_frames
+from minigpt4.features.audio_vectors import audio_settings, audio_vector
+from minigpt4.features.clip_vectors import face_mae_vector, video_mae_vector
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,6 +214,9 @@ def test_training_only_embedding_may_be_missing(tmp_path, hubert_dir):
     for name, tensor in reference.state_dict().items():
         if name != "hubert.masked_spec_embed":
             torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
+    # zeros, not a random draw: two loads record the same weights in extraction.json
+    assert not loaded.state_dict()["hubert.masked_spec_embed"].any()
+    assert audio_settings(HubertAudioEncoder.from_pretrained(folder)) == audio_settings(loaded)
 
 
 def test_weights_needing_unpickling_are_refused_unless_trusted(tmp_path, sound_clips, hubert_dir):
@@ -246,3 +251,24 @@ def test_window_seconds_must_be_positive_and_finite(tmp_path, sound_clips, huber
 def test_window_shorter_than_two_frames_is_named(tmp_path, sound_clips, hubert_dir):
     error = audio_error(sound_clips, tmp_path / "out", hubert_dir, "--window_seconds", "0.04")
     assert error == "error: --window_seconds 0.04: a window must hold at least 0.050 s (800 samples)"
+
+
+# ---- clips in memory (the detect job's inputs) ----------------------------------------------------
+
+
+def test_in_memory_frames_must_be_uint8_rgb():
+    model = registry.get("encoder", "face_mae_tiny")().eval()
+    with pytest.raises(ValueError) as refused:
+        face_mae_vector(model, np.zeros((2, 32, 32, 3), np.float32))
+    assert str(refused.value) == "expected uint8 RGB frames of shape (T, H, W, 3), got float32 (2, 32, 32, 3)"
+    with pytest.raises(ValueError, match="^a clip needs at least one frame, got 0$"):
+        video_mae_vector(registry.get("encoder", "video_mae_tiny")().eval(), np.zeros((0, 32, 32, 3), np.uint8))
+
+
+def test_in_memory_sound_must_be_mono(hubert_dir):
+    encoder = HubertAudioEncoder.from_pretrained(hubert_dir)
+    with pytest.raises(ValueError) as refused:
+        audio_vector(encoder, np.zeros((2, RATE), np.float32))
+    assert str(refused.value) == "expected mono samples of shape (n,), got shape (2, 16000)"
+    with pytest.raises(ValueError, match="^100 samples is shorter than the 400 samples"):
+        audio_vector(encoder, np.zeros(100, np.float32))

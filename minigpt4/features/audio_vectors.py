@@ -149,6 +149,9 @@ def audio_vector(
     (what :func:`~minigpt4.datasets.audio_track.read_audio_track` gives): what
     ``extract_audio_embedding.py`` writes for the clip.  ``encoder`` must be in eval mode on
     ``device``; at most ``windows_per_forward`` windows share a forward pass."""
+    waveform = np.asarray(waveform, dtype=np.float32)  # the decoder's type; a no-op for its samples
+    if waveform.ndim != 1:
+        raise ValueError(f"expected mono samples of shape (n,), got shape {waveform.shape}")
     stats = waveform_stats([waveform])
     normalise = normalisation(encoder, stats)
     spans = encoder.windows(stats.num_samples)

@@ -68,6 +68,15 @@ def frames_to_model_input(frames: np.ndarray, img_size: int) -> torch.Tensor:
     return torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255
 
 
+def _check_frames(frames: np.ndarray) -> None:
+    """Frames in memory must be what the commands decode: uint8 RGB [T, H, W, 3], T >= 1."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        shape = getattr(frames, "shape", None)
+        raise ValueError(f"expected uint8 RGB frames of shape (T, H, W, 3), got {getattr(frames, 'dtype', type(frames))} {shape}")
+    if len(frames) == 0:
+        raise ValueError("a clip needs at least one frame, got 0")
+
+
 # ---------------------------------------------------------------------------------- FaceMAE
 
 
@@ -124,6 +133,7 @@ def face_mae_vector(
     """One clip's FaceMAE vector from its frames, uint8 [T, H, W, 3] in time order: what
     ``extract_mae_embedding.py`` writes for a folder of these frames (``max_frames`` of them,
     spread evenly; all by default)."""
+    _check_frames(frames)
     picked = frames[uniform_frame_indices(len(frames), max_frames)]
     pixels = frames_to_model_input(picked, model.img_size)
     return face_mae_vectors(
@@ -171,5 +181,6 @@ def video_mae_vectors(
 def video_mae_vector(model: VideoMAE, frames: np.ndarray, *, device: str | torch.device = "cpu") -> np.ndarray:
     """One clip's VideoMAE vector from its frames, uint8 [T, H, W, 3] in time order: what
     ``extract_maeVideo_embedding.py`` writes for a ``.npy`` array of these frames."""
+    _check_frames(frames)
     pixels = frames_to_model_input(frames[video_mae_frame_indices(model, len(frames))], model.img_size)
     return video_mae_vectors(model, [pixels], device=device)[0]

@@ -48,7 +48,8 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUBERT_MODEL_TYPE = "hubert"
 # the SpecAugment embedding only training uses (masked time steps); inference never reads it,
-# and converted checkpoints may lack it
+# and converted checkpoints may lack it: then it is set to zeros, not left random, so the
+# model's weights (and the digest an output folder records) are the folder's alone
 TRAINING_ONLY = ("masked_spec_embed",)
 
 
@@ -179,6 +180,10 @@ def load_hubert(folder: Path, trust_checkpoint: bool = False) -> HubertModel:
     report = LoadReport(loaded, missing, unexpected, mismatched)
     if missing or mismatched:
         raise CheckpointError(f"{what}: the weights do not fit its HuBERT: {report.describe()}")
+    with torch.no_grad():
+        for name, tensor in hubert.state_dict().items():
+            if name in info["missing_keys"]:  # training-only, by the check above
+                tensor.zero_()
     if unexpected:
         logger.warning("%s: tensors HuBERT has no place for, not used: %s", what, ", ".join(unexpected))
     return hubert

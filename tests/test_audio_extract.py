@@ -338,13 +338,14 @@ def test_out_of_range_layer_is_refused(tmp_path, hubert_dir):
 
 
 def test_batches_and_workers_change_nothing(tmp_path, hubert_dir):
-    """Equal-length clips share forward passes (and are decoded in a worker) with the same vectors."""
+    """Equal-length windows share forward passes, of one clip and of several, and two workers
+    decode the clips (their windows arriving interleaved) with the same vectors."""
     clips = tmp_path / "clips"
     clips.mkdir()
     for i, seconds in enumerate((0.5, 0.5, 0.5, 0.3)):
         write_wav(clips / f"c{i}.wav", np.roll(tones(RATE, seconds), 97 * i)[None], RATE)
-    extract(clips, tmp_path / "one", hubert_dir)
-    extract(clips, tmp_path / "batched", hubert_dir, "--batch_size", "3", "--num_workers", "1")
+    extract(clips, tmp_path / "one", hubert_dir, "--window_seconds", "0.2")
+    extract(clips, tmp_path / "batched", hubert_dir, "--batch_size", "3", "--num_workers", "2", "--window_seconds", "0.2")
     for i in range(4):
         np.testing.assert_allclose(
             np.load(tmp_path / "batched" / f"c{i}.npy"), np.load(tmp_path / "one" / f"c{i}.npy"), atol=TOLERANCE, rtol=0

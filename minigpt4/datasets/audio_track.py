@@ -3,8 +3,11 @@
 A clip is a video whose first audio track is used, or an audio file (``.wav`` and the other
 :data:`AUDIO_SUFFIXES`).  PyAV (FFmpeg) decodes it and its ``AudioResampler`` converts any
 sample format and rate into float32 at the requested rate; the mono waveform is the mean of
-the channels (as librosa's and torchaudio's mono conversions).  Every problem (no audio track, no samples, a file
-FFmpeg cannot read, a codec or sample format it cannot decode) is a
+the channels (as librosa's and torchaudio's mono conversions).  :func:`audio_chunks` gives
+the samples as they are decoded, so a long recording need never be in memory at once
+(:func:`regroup` cuts them into windows); :func:`read_audio_track` joins them.  Every problem
+(no audio track, no samples, a file FFmpeg cannot read, a codec or sample format it cannot
+decode) is a
 :class:`~minigpt4.datasets.frames.ClipReadError` that names the clip, the file and what is
 wrong: a clip without sound is reported, never filled with silence.
 """

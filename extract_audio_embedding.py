@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from minigpt4.common.logger import setup_logging
 from minigpt4.datasets.audio_track import AUDIO_SUFFIXES, is_audio_clip_entry
 from minigpt4.features.audio_extract import extract_audio_features
-from minigpt4.features.encoder_extract import (
-    EXTRACTION_ERRORS,
-    extraction_argument_parser,
-    run_extraction,
-)
+from minigpt4.features.encoder_extract import extraction_argument_parser, run_extraction
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 
@@ -28,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model_dir",
         required=True,
-        help="a Hugging Face HuBERT folder (config.json, weights, optionally preprocessor_config.json)",
+        help="a Hugging Face HuBERT folder (config.json, model.safetensors or pytorch_model.bin, "
+        "optionally preprocessor_config.json)",
     )
     parser.add_argument(
         "--layer", type=int, default=-1, help="hidden-state layer (0 = transformer input, -1 = last; default -1)"
@@ -37,16 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         "--window_seconds", type=float, default=30.0, help="longest piece of sound encoded at once (default 30)"
     )
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        summary = run_extraction(
-            args,
-            lambda: HubertAudioEncoder.from_pretrained(args.model_dir, args.layer, args.window_seconds),
-            extract_audio_features,
-            is_entry=is_audio_clip_entry,
-        )
-    except (*EXTRACTION_ERRORS, OSError) as exc:  # OSError: an unreadable model folder
-        raise SystemExit(f"error: {exc}") from exc
+    summary = run_extraction(
+        args,
+        lambda: HubertAudioEncoder.from_pretrained(
+            args.model_dir, args.layer, args.window_seconds, trust_checkpoint=args.trust_checkpoint
+        ),
+        extract_audio_features,
+        is_entry=is_audio_clip_entry,
+    )
     print(summary)
     return 0
 

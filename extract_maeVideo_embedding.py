@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
-    EXTRACTION_ERRORS,
     build_encoder,
     extract_video_mae_features,
     extraction_argument_parser,
@@ -27,18 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the checkpoint is a pre-training file without fc_norm: use an untrained one (MER2023 baseline behaviour)",
     )
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        summary = run_extraction(
-            args,
-            lambda: build_encoder(
-                args.model, VideoMAE, args.checkpoint, args.trust_checkpoint, fresh_fc_norm=args.fresh_fc_norm
-            ),
-            extract_video_mae_features,
-            extract_options={"source": {"model": args.model}},
-        )
-    except EXTRACTION_ERRORS as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    summary = run_extraction(
+        args,
+        lambda: build_encoder(
+            args.model, VideoMAE, args.checkpoint, args.trust_checkpoint, fresh_fc_norm=args.fresh_fc_norm
+        ),
+        extract_video_mae_features,
+        extract_options={"source": {"model": args.model}},
+    )
     print(summary)
     return 0
 

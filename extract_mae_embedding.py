@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from minigpt4.common.logger import setup_logging
 from minigpt4.features.encoder_extract import (
-    EXTRACTION_ERRORS,
     build_encoder,
     extract_face_mae_features,
     extraction_argument_parser,
@@ -33,27 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--frames_per_forward", type=int, default=256, help="most frames in one forward pass")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        summary = run_extraction(
-            args,
-            lambda: build_encoder(
-                args.model,
-                FaceMAE,
-                args.checkpoint,
-                args.trust_checkpoint,
-                global_pool=args.global_pool,
-                fresh_fc_norm=args.fresh_fc_norm,
-            ),
-            extract_face_mae_features,
-            extract_options={
-                "source": {"model": args.model},
-                "max_frames": args.max_frames,
-                "frames_per_forward": args.frames_per_forward,
-            },
-        )
-    except EXTRACTION_ERRORS as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    summary = run_extraction(
+        args,
+        lambda: build_encoder(
+            args.model,
+            FaceMAE,
+            args.checkpoint,
+            args.trust_checkpoint,
+            global_pool=args.global_pool,
+            fresh_fc_norm=args.fresh_fc_norm,
+        ),
+        extract_face_mae_features,
+        extract_options={
+            "source": {"model": args.model},
+            "max_frames": args.max_frames,
+            "frames_per_forward": args.frames_per_forward,
+        },
+    )
     print(summary)
     return 0
 

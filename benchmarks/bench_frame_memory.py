@@ -30,7 +30,7 @@ def measure(clip: Path, mode: str, img_size: int) -> dict:
 
     from benchmarks.common import peak_memory_since_reset_mib, reset_peak_memory, rss_mib
     from minigpt4.datasets.frames import open_clip_frames
-    from minigpt4.features.encoder_extract import frames_to_model_input
+    from minigpt4.features.clip_vectors import frames_to_model_input
 
     if not reset_peak_memory(torch.device("cpu")):
         raise SystemExit("needs Linux (/proc/self/clear_refs) to reset the peak")

@@ -30,3 +30,23 @@ def write_video(path: Path, frames: np.ndarray) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def tones(rate: int, seconds: float = 1.0) -> np.ndarray:
+    """Three tones under a Hann window: all content well below 8 kHz, so resampling keeps it."""
+    t = np.arange(round(rate * seconds)) / rate
+    wave = sum(a * np.sin(2 * np.pi * hz * t + phase) for a, hz, phase in ((0.3, 220, 0), (0.2, 700, 1), (0.1, 1500, 2)))
+    return (wave * np.hanning(len(t))).astype(np.float32)
+
+
+def write_wav(path: Path, channels: np.ndarray, rate: int, codec: str = "pcm_f32le") -> Path:
+    """``channels`` float32 [C, n] (C = 1 or 2) as a WAV file."""
+    layout = "mono" if len(channels) == 1 else "stereo"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels.T.reshape(1, -1)), format="flt", layout=layout)
+        frame.sample_rate, frame.pts = rate, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

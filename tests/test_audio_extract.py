@@ -16,11 +16,12 @@ import av
 import numpy as np
 import pytest
 import torch
-from synthetic_clips import smooth_frames, write_video
+from synthetic_clips import smooth_frames, tones, write_video, write_wav
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
-from minigpt4.datasets.audio_track import read_audio_track
+from minigpt4.datasets.audio_track import read_audio_track, regroup
 from minigpt4.datasets.frames import ClipReadError
+from minigpt4.features.audio_vectors import normalisation, waveform_stats
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,26 +43,6 @@ cli = _load_cli()
 def extract(input_path: Path, output: Path, model_dir: Path, *options: str) -> None:
     cli.main(["--input", str(input_path), "--output", str(output), "--model_dir", str(model_dir), "--device", "cpu",
               *options])
-
-
-def tones(rate: int, seconds: float = 1.0) -> np.ndarray:
-    """Three tones under a Hann window: all content well below 8 kHz, so resampling keeps it."""
-    t = np.arange(round(rate * seconds)) / rate
-    wave = sum(a * np.sin(2 * np.pi * hz * t + phase) for a, hz, phase in ((0.3, 220, 0), (0.2, 700, 1), (0.1, 1500, 2)))
-    return (wave * np.hanning(len(t))).astype(np.float32)
-
-
-def write_wav(path: Path, channels: np.ndarray, rate: int, codec: str = "pcm_f32le") -> Path:
-    """``channels`` float32 [C, n] (C = 1 or 2) as a WAV file."""
-    layout = "mono" if len(channels) == 1 else "stereo"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.layout = layout
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(channels.T.reshape(1, -1)), format="flt", layout=layout)
-        frame.sample_rate, frame.pts = rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +132,7 @@ def test_long_clips_run_in_windows_whose_frames_are_concatenated(tmp_path, huber
     windows = encoder.windows(len(waveform))
     assert [end - start for start, end in windows] == [3733, 3734, 3733]
     # normalisation sees the whole clip; HuBERT sees one window at a time
-    prepared = encoder.prepare(waveform)
+    prepared = Wav2Vec2FeatureExtractor.from_pretrained(hubert_dir)(waveform, sampling_rate=RATE).input_values[0]
     with torch.no_grad():
         expected = np.concatenate(
             [encoder.hubert(torch.from_numpy(prepared[s:e])[None]).last_hidden_state[0].numpy() for s, e in windows]
@@ -160,6 +141,53 @@ def test_long_clips_run_in_windows_whose_frames_are_concatenated(tmp_path, huber
     np.testing.assert_allclose(frames, expected, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(np.load(tmp_path / "mean" / "long.npy"), frames.mean(axis=0), atol=TOLERANCE, rtol=0)
     assert len(frames) == 3 * 11 < len(reference(waveform)) == 34  # three windows of 11 frames, not one pass
+
+
+def test_streamed_windows_give_the_whole_file_vectors(tmp_path, hubert_dir):
+    """A stereo 44.1 kHz recording of ten windows, decoded and encoded window by window,
+    against the whole file decoded at once, normalised by the folder's feature extractor over
+    the whole clip, its windows encoded by HubertModel and their frames joined."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    rate = 44_100
+    wave = tones(rate, 2.3)
+    write_wav(clips / "long.wav", np.stack([wave, np.roll(wave, 300)]), rate)
+    extract(clips, tmp_path / "frames", hubert_dir, "--window_seconds", "0.25", "--feature_level", "FRAME")
+    extract(clips, tmp_path / "mean", hubert_dir, "--window_seconds", "0.25")
+
+    encoder = HubertAudioEncoder.from_pretrained(hubert_dir, window_seconds=0.25)
+    waveform = read_audio_track(clips / "long.wav", RATE)  # the whole recording in memory
+    windows = encoder.windows(len(waveform))
+    assert len(windows) == 10
+    prepared = Wav2Vec2FeatureExtractor.from_pretrained(hubert_dir)(waveform, sampling_rate=RATE).input_values[0]
+    with torch.no_grad():
+        whole = np.concatenate(
+            [encoder.hubert(torch.from_numpy(prepared[s:e])[None]).last_hidden_state[0].numpy() for s, e in windows]
+        )
+    np.testing.assert_allclose(np.load(tmp_path / "frames" / "long.npy"), whole, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "mean" / "long.npy"), whole.mean(axis=0), atol=TOLERANCE, rtol=0)
+
+
+def test_statistics_and_pieces_do_not_depend_on_how_the_samples_arrive():
+    rng = np.random.default_rng(0)
+    waveform = (0.3 + 0.1 * rng.standard_normal(150_001)).astype(np.float32)  # a DC offset, several blocks
+    cuts = np.sort(rng.choice(np.arange(1, len(waveform)), size=40, replace=False))
+    chunks = np.split(waveform, cuts)
+    whole, pieces = waveform_stats([waveform]), waveform_stats(chunks)
+    assert whole == pieces and whole.num_samples == len(waveform)
+    np.testing.assert_allclose([whole.mean, whole.variance], [waveform.astype(np.float64).mean(), waveform.astype(np.float64).var()], rtol=1e-12)
+    lengths = [50_000, 50_001, 50_000]
+    for piece, expected in zip(regroup(chunks, lengths), np.split(waveform, np.cumsum(lengths)[:-1]), strict=True):
+        np.testing.assert_array_equal(piece, expected)
+    assert [len(piece) for piece in regroup(chunks, [100_000, 100_000])] == [100_000, 50_001]  # the short tail last
+
+
+def test_normalisation_is_the_feature_extractors(hubert_dir):
+    rng = np.random.default_rng(1)
+    waveform = (0.05 + 0.2 * rng.standard_normal(40_000)).astype(np.float32)
+    encoder = HubertAudioEncoder.from_pretrained(hubert_dir)
+    expected = Wav2Vec2FeatureExtractor.from_pretrained(hubert_dir)(waveform, sampling_rate=RATE).input_values[0]
+    np.testing.assert_allclose(normalisation(encoder, waveform_stats([waveform]))(waveform), expected, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -242,6 +270,35 @@ def test_skip_bad_reports_every_bad_clip_and_writes_the_rest(tmp_path, hubert_di
         assert bad[row["clip"]] in row["problem"] and Path(row["file"]).stem == row["clip"]
 
 
+def test_sound_that_fails_after_its_check_is_skipped_with_its_encoded_windows(tmp_path, hubert_dir, monkeypatch):
+    """The second decode (the encoding pass) of ``b`` ends after its first window: the windows
+    it gave are dropped, no vector is written for it, the clips around it are."""
+    from minigpt4.features import audio_extract
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in "abc":
+        write_wav(clips / f"{name}.wav", tones(RATE, 0.7)[None], RATE)
+    decodes = {}
+    real = audio_extract.audio_chunks
+
+    def cut_on_second_decode(path, sample_rate, clip=None):
+        decodes[clip] = decodes.get(clip, 0) + 1
+        samples = np.concatenate(list(real(path, sample_rate, clip)))
+        yield samples[: 5000] if clip == "b" and decodes[clip] == 2 else samples
+
+    monkeypatch.setattr(audio_extract, "audio_chunks", cut_on_second_decode)
+    extract(clips, tmp_path / "out", hubert_dir, "--window_seconds", "0.25", "--skip-bad", "--batch_size", "2")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.npy")) == ["a.npy", "c.npy"]
+    with open(tmp_path / "out" / "skipped.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [(row["clip"], row["problem"]) for row in rows] == [("b", "the sound ended sooner than when it was checked")]
+    decodes.clear()
+    with pytest.raises(SystemExit, match=r"^error: clip 'b' \(.*b.wav\): the sound ended sooner than when it was checked$"):
+        extract(clips, tmp_path / "stop", hubert_dir, "--window_seconds", "0.25")
+    assert sorted(p.name for p in (tmp_path / "stop").glob("*.npy")) == ["a.npy"]  # written before b, kept
+
+
 def test_read_audio_track_errors_are_clip_read_errors(tmp_path):
     with pytest.raises(ClipReadError, match="no audio track"):
         read_audio_track(no_audio_track(tmp_path / "x"), RATE)
@@ -281,13 +338,14 @@ def test_out_of_range_layer_is_refused(tmp_path, hubert_dir):
 
 
 def test_batches_and_workers_change_nothing(tmp_path, hubert_dir):
-    """Equal-length clips share forward passes (and are decoded in a worker) with the same vectors."""
+    """Equal-length windows share forward passes, of one clip and of several, and two workers
+    decode the clips (their windows arriving interleaved) with the same vectors."""
     clips = tmp_path / "clips"
     clips.mkdir()
     for i, seconds in enumerate((0.5, 0.5, 0.5, 0.3)):
         write_wav(clips / f"c{i}.wav", np.roll(tones(RATE, seconds), 97 * i)[None], RATE)
-    extract(clips, tmp_path / "one", hubert_dir)
-    extract(clips, tmp_path / "batched", hubert_dir, "--batch_size", "3", "--num_workers", "1")
+    extract(clips, tmp_path / "one", hubert_dir, "--window_seconds", "0.2")
+    extract(clips, tmp_path / "batched", hubert_dir, "--batch_size", "3", "--num_workers", "2", "--window_seconds", "0.2")
     for i in range(4):
         np.testing.assert_allclose(
             np.load(tmp_path / "batched" / f"c{i}.npy"), np.load(tmp_path / "one" / f"c{i}.npy"), atol=TOLERANCE, rtol=0

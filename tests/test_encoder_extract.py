@@ -15,12 +15,12 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets.frames import ClipReadError, uniform_frame_indices, videomae_frame_indices
 from minigpt4.common import atomic_io
 from minigpt4.features.writer import EXTRACTION_RECORD
+from minigpt4.datasets.errors import SKIPPED_REPORT
+from minigpt4.features.clip_vectors import frames_to_model_input
 from minigpt4.features.encoder_extract import (
-    SKIPPED_REPORT,
     describe_summary,
     extract_face_mae_features,
     extract_video_mae_features,
-    frames_to_model_input,
     list_clips,
 )
 from synthetic_clips import smooth_frames as _smooth_frames, write_video
@@ -360,16 +360,16 @@ def test_resize_is_the_mer_baselines_torchvision_path(size):
 def test_frames_are_resized_as_they_are_decoded(tmp_path):
     import tracemalloc
 
-    from minigpt4.features.encoder_extract import _ClipFrameDataset, _ClipJob
+    from minigpt4.features.encoder_extract import _ClipFrameDataset, _FramesJob
 
     big = np.zeros((8, 600, 800, 3), np.uint8)  # 1.4 MB a frame, 11.5 MB the clip
     np.save(tmp_path / "big.npy", big)
-    dataset = _ClipFrameDataset([_ClipJob("big", tmp_path / "big.npy", list(range(8)))], img_size=64)
+    dataset = _ClipFrameDataset([_FramesJob("big", tmp_path / "big.npy", list(range(8)))], img_size=64)
     tracemalloc.start()
-    _, pixels, exc = dataset[0]
+    _, pixels = dataset[0]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert exc is None and pixels.shape == (8, 3, 64, 64)
+    assert pixels.shape == (8, 3, 64, 64)
     assert peak < 3 * big[0].nbytes, peak  # one frame at full size at a time, never the clip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -76,13 +77,18 @@ def load_checkpoint(
         if "global" not in str(exc).lower():
             raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc
         raise CheckpointError(
-            f"{what}: {local} holds objects that cannot be read safely (weights_only=True). "
+            f"{what}: {local} holds objects that cannot be read safely (weights_only=True; {_unsafe_global(exc)}). "
             "If you trust this file, set model.trust_checkpoint: true in the config (--trust-checkpoint on the "
-            f"encoder commands). Detail: {exc}"
+            "encoder commands)"
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{what}: {local} is not a readable torch checkpoint: {exc}") from exc
 
+
+def _unsafe_global(exc: pickle.UnpicklingError) -> str:
+    """What torch's many-line refusal is about, in a few words: the class the file needs."""
+    match = re.search(r"GLOBAL (\S+)", str(exc))
+    return f"it needs {match.group(1)}" if match else "it needs full unpickling"
 
 
 def unwrap_state_dict(obj: Any, what: str, keys: tuple[str, ...] = ("model", "module", "state_dict")) -> dict[str, torch.Tensor]:
@@ -94,6 +100,12 @@ def unwrap_state_dict(obj: Any, what: str, keys: tuple[str, ...] = ("model", "mo
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
     raise CheckpointError(f"{what}: expected a state dict (or one under {', '.join(keys)}), got {type(obj).__name__}")
+
+
+def read_state_dict(path: str | os.PathLike, kind: str, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of the weight file ``path`` of ``kind`` (``"FaceMAE checkpoint"``, the name
+    errors give it), read safely: ``{"model"|"module"|"state_dict": ...}`` or a raw state dict."""
+    return unwrap_state_dict(load_checkpoint(path, kind, trust_checkpoint), f"{kind} {path}")
 
 
 class LoadReport:

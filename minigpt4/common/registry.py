@@ -9,6 +9,7 @@ an error that lists the names that do exist, so a typo in a config is easy to fi
 
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Any, Callable
 
@@ -54,6 +55,12 @@ class Registry:
             return obj
 
         return add
+
+    def register_variants(self, kind: str, variants: dict[str, dict[str, Any]], build: Callable) -> None:
+        """Register ``build`` with each variant's settings under the variant's name, timm-style:
+        ``registry.get(kind, name)(**overrides)`` builds that variant."""
+        for name, settings in variants.items():
+            self.register(kind, name)(functools.partial(build, **settings))
 
     def get(self, kind: str, name: str) -> Any:
         table = self._table(kind)

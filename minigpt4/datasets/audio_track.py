@@ -3,16 +3,21 @@
 A clip is a video whose first audio track is used, or an audio file (``.wav`` and the other
 :data:`AUDIO_SUFFIXES`).  PyAV (FFmpeg) decodes it and its ``AudioResampler`` converts any
 sample format and rate into float32 at the requested rate; the mono waveform is the mean of
-the channels (as librosa's and torchaudio's mono conversions).  Every problem (no audio track, no samples, a file
-FFmpeg cannot read, a codec or sample format it cannot decode) is a
+the channels (as librosa's and torchaudio's mono conversions).  :func:`audio_chunks` gives
+the samples as they are decoded, so a long recording need never be in memory at once
+(:func:`regroup` cuts them into windows); :func:`read_audio_track` joins them.  Every problem
+(no audio track, no samples, a file FFmpeg cannot read, a codec or sample format it cannot
+decode) is a
 :class:`~minigpt4.datasets.frames.ClipReadError` that names the clip, the file and what is
 wrong: a clip without sound is reported, never filled with silence.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -28,8 +33,11 @@ def is_audio_clip_entry(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in (*VIDEO_SUFFIXES, *AUDIO_SUFFIXES)
 
 
-def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None = None) -> np.ndarray:
-    """The first audio track of ``path`` as float32 mono samples at ``sample_rate``: shape (n,), n > 0."""
+def audio_chunks(path: str | os.PathLike, sample_rate: int, clip: str | None = None) -> Iterator[np.ndarray]:
+    """The first audio track of ``path`` as float32 mono pieces at ``sample_rate``, as FFmpeg
+    decodes them: a long recording never needs to be in memory at once.  Problems found
+    before the first piece (no file, no audio track, no decoder) and while decoding are
+    :class:`~minigpt4.datasets.frames.ClipReadError`; so is a track without samples."""
     path = Path(path)
     clip = clip or clip_name(path)
     if not path.is_file():
@@ -40,6 +48,7 @@ def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None
         )
     if path.stat().st_size == 0:
         raise ClipReadError(clip, path, "the file is empty (0 bytes)")
+    num_samples = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -51,15 +60,43 @@ def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None
             # planar float at the target rate, channels kept: the mono mix is their mean (below),
             # not FFmpeg's down-mix matrix, which scales a stereo pair by 1/sqrt(2) per channel
             resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-            chunks = []
-            for frame in container.decode(stream):
-                chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(frame)]
-            chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(None)]  # what the filter still holds
+            for frame in itertools.chain(container.decode(stream), [None]):  # None: what the resampler still holds
+                for out in resampler.resample(frame):
+                    mono = out.to_ndarray().mean(axis=0).astype(np.float32, copy=False)
+                    num_samples += len(mono)
+                    yield mono
     except av.FFmpegError as exc:
         raise ClipReadError(clip, path, f"audio cannot be decoded: {exc}") from exc
-    if not chunks or sum(len(chunk) for chunk in chunks) == 0:
+    if num_samples == 0:
         raise ClipReadError(clip, path, "the audio track holds no samples")
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def read_audio_track(path: str | os.PathLike, sample_rate: int, clip: str | None = None) -> np.ndarray:
+    """The whole first audio track of ``path`` (:func:`audio_chunks` joined): float32 (n,), n > 0."""
+    return np.concatenate(list(audio_chunks(path, sample_rate, clip)))
+
+
+def regroup(chunks: Iterable[np.ndarray], lengths: Iterable[int]) -> Iterator[np.ndarray]:
+    """The samples of ``chunks`` cut into consecutive pieces of ``lengths``, each piece read
+    as soon as its samples have arrived, so at most one piece and one chunk are held.  Where
+    the samples end inside a piece, that shorter piece comes last; where ``lengths`` ends,
+    the remaining samples are left unread."""
+    chunks = iter(chunks)
+    held: list[np.ndarray] = []  # samples not yet given out, in order
+    held_count = 0
+    for length in lengths:
+        while held_count < length:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            held.append(chunk)
+            held_count += len(chunk)
+        if held_count == 0:
+            return
+        joined = np.concatenate(held) if len(held) > 1 else held[0]
+        piece, rest = joined[:length], joined[length:]
+        held, held_count = ([rest] if len(rest) else []), len(rest)
+        yield piece
 
 
 def read_audio_window(

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -181,6 +182,9 @@ class FrameArray(ClipFrames):
             self.array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise self.error(f"not a readable .npy array: {npy_load_problem(exc)}") from exc
+        if not isinstance(self.array, np.ndarray):  # np.load reads any zip as an .npz archive, whatever its name
+            self.array.close()
+            raise self.error("an .npz archive (a zip of arrays), not a .npy array; save the frames with np.save")
         if self.array.ndim != 4 or self.array.shape[-1] != 3 or self.array.dtype != np.uint8:
             raise self.error(f"expected uint8 frames of shape (T, H, W, 3), got {self.array.dtype} {self.array.shape}")
         if self.array.shape[0] == 0:
@@ -219,6 +223,8 @@ class VideoFile(ClipFrames):
         try:
             self.reader = decord.VideoReader(str(path), num_threads=1)
         except (RuntimeError, decord.DECORDError) as exc:
+            if not _has_video_stream(path):
+                raise self.error("no video stream (the file holds only sound); pass the clip's video or frames") from exc
             raise self.error(f"unreadable video: {_first_line(exc)}") from exc
         if len(self.reader) == 0:
             raise self.error("the video has no frames")
@@ -238,6 +244,18 @@ class VideoFile(ClipFrames):
             except (RuntimeError, decord.DECORDError) as exc:
                 raise self.error(f"frame {index} cannot be decoded: {_first_line(exc)}") from exc
             yield frame
+
+
+def _has_video_stream(path: Path) -> bool:
+    """Whether FFmpeg finds a video stream in ``path`` (True when it cannot tell: the file is
+    then reported as an unreadable video)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.video)
+    except av.FFmpegError:
+        return True
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,17 +1,19 @@
-"""FaceMAE and VideoMAE features for a set of clips: one ``<output>/<clip>.npy`` per clip.
+"""The loop every extraction command runs, and its FaceMAE and VideoMAE commands: one
+``<output>/<clip>.npy`` per clip.
 
-The loop both extraction commands share:
+:func:`extract_clips`, shared with the audio command (:mod:`minigpt4.features.audio_extract`):
 
 1. the output folder's fingerprint (encoder, weights, settings) is compared with the
    run's: files of other settings are never mixed in (``overwrite`` replaces them);
-2. every clip is opened and checked (frames exist, frame count, frame sizes) before anything
-   is written, so a bad clip stops the run with nothing written (``skip_bad`` instead
-   reports it in ``<output>/skipped.tsv`` and does the rest); clips whose ``.npy`` already
-   exists are done and not opened again, which is how an interrupted run resumes;
-3. a DataLoader over the clips decodes the sampled frames in its workers, resizing each as
-   it is decoded to the encoder's input size, and scales them to [0, 1];
-4. the encoder runs on ``batch_size`` clips at a time and each clip's vector is written
-   atomically (:func:`~minigpt4.common.atomic_io.save_npy_atomic`).
+2. every clip is opened and checked (frames exist, frame count, frame sizes; for sound: a
+   track with enough samples) before anything is written, so a bad clip stops the run with
+   nothing written (``skip_bad`` instead reports it in ``<output>/skipped.tsv`` and does the
+   rest); clips whose ``.npy`` already exists are done and not opened again, which is how an
+   interrupted run resumes;
+3. the encoder's own step turns the checked clips into vectors (here: a DataLoader decodes
+   the sampled frames in its workers, resizing each as it is decoded to the encoder's input
+   size, and :mod:`minigpt4.features.clip_vectors` encodes ``batch_size`` clips at a time);
+4. each clip's vector is written atomically (:func:`~minigpt4.common.atomic_io.save_npy_atomic`).
 
 A clip that passes the checks but fails to decode later (a truncated frame, say) is an
 error at that point, or with ``skip_bad`` one more line of the report.
@@ -20,14 +22,12 @@ error at that point, or with ``skip_bad`` one more line of the report.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -36,17 +36,19 @@ from tqdm import tqdm
 
 from minigpt4.common.atomic_io import save_npy_atomic
 from minigpt4.common.checkpoint_io import CheckpointError
+from minigpt4.common.logger import setup_logging
 from minigpt4.common.registry import RegistryError, registry
 from minigpt4.datasets.errors import SKIPPED_REPORT, write_skipped_report
-from minigpt4.datasets.frames import (
-    MER_FRAMES_PER_SEGMENT,
-    ClipReadError,
-    clip_name,
-    is_clip_entry,
-    open_clip_frames,
-    resize_frame,
-    uniform_frame_indices,
-    videomae_frame_indices,
+from minigpt4.datasets.frames import ClipReadError, clip_name, is_clip_entry, open_clip_frames, uniform_frame_indices
+from minigpt4.features.clip_vectors import (
+    FeatureLevel,
+    check_counts,
+    face_mae_settings,
+    face_mae_vectors,
+    frames_to_model_input,
+    video_mae_frame_indices,
+    video_mae_settings,
+    video_mae_vectors,
 )
 from minigpt4.features.writer import FeatureOutputError, check_output_fingerprint, record_output_fingerprint
 from minigpt4.models.face_mae import FaceMAE
@@ -54,13 +56,10 @@ from minigpt4.models.video_mae import VideoMAE
 
 logger = logging.getLogger(__name__)
 
-# what a command reports as one line: bad input, weights, names or output folder, never a bug
-EXTRACTION_ERRORS = (ClipReadError, CheckpointError, RegistryError, FeatureOutputError, FileNotFoundError, ValueError)
-
-
-class FeatureLevel(str, Enum):
-    FRAME = "FRAME"  # one row per sampled frame: (T, D)
-    UTTERANCE = "UTTERANCE"  # the mean over the sampled frames: (D,)
+# what a command reports as one line: bad input, weights, names, output folder or the file
+# system (a missing, unreadable or full one), never a bug
+EXTRACTION_ERRORS = (ClipReadError, CheckpointError, RegistryError, FeatureOutputError, OSError, ValueError)
+_SNIFF_BYTES = 8192  # how much of an --input file is read to tell a binary file from a clip list
 
 
 @dataclass
@@ -100,50 +99,87 @@ def list_clips(
             )
         return [p for p in entries if is_entry(p)]
     if input_path.is_file():
-        lines = [line.strip() for line in input_path.read_text().splitlines()]
-        return [input_path.parent / line for line in lines if line and not line.startswith("#")]
+        return _read_clip_list(input_path)
     raise FileNotFoundError(f"--input {input_path}: no such folder or clip list")
 
 
-def frames_to_model_input(frames: np.ndarray, img_size: int) -> torch.Tensor:
-    """uint8 [n, H, W, 3] -> float32 [n, 3, img_size, img_size] in [0, 1].
+def _read_clip_list(listing: Path) -> list[Path]:
+    """The clip paths of a list file: one a line (blank lines and ``#`` comments skipped;
+    relative paths start at the list's folder)."""
+    binary = ValueError(
+        f"--input {listing}: a binary file, not a clip list (a text file naming one clip a line); "
+        "pass a folder of clips or such a list"
+    )
+    with open(listing, "rb") as handle:
+        if b"\x00" in handle.read(_SNIFF_BYTES):  # arrays, images, videos: text never holds NUL
+            raise binary
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise binary from None
+    lines = [line.strip() for line in text.splitlines()]
+    return [listing.parent / line for line in lines if line and not line.startswith("#")]
 
-    The MER baseline's ``Resize((img_size, img_size))`` on PIL images, then ``ToTensor``
-    (:func:`~minigpt4.datasets.frames.resize_frame`; frames read with ``size`` are already
-    resized).  Pixels are only scaled to [0, 1], not mean/std normalised: that is what the
-    MER baseline fed both encoders (and what the fork got wrong by feeding 0..255).
-    """
-    resized = np.stack([resize_frame(frame, (img_size, img_size)) for frame in frames])
-    return torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255
 
-
-@dataclass(frozen=True)
-class _ClipJob:
-    """What a loader worker needs for one clip: plain data, so it crosses process bounds."""
+class ClipJob(Protocol):
+    """What the loop knows of a checked clip; each encoder adds what its step needs."""
 
     clip: str
-    path: Path
-    indices: list[int]
 
 
-class _ClipFrameDataset(Dataset):
-    """Decodes a clip's sampled frames; a read failure is returned, not raised, so the
-    main process decides between stopping and skipping."""
+Job = TypeVar("Job", bound=ClipJob)
+# a clip's outcome from an encoder's step: its vector, or why it could not be read after all
+ClipResult = tuple[Job, "np.ndarray | ClipReadError"]
 
-    def __init__(self, jobs: Sequence[_ClipJob], img_size: int):
-        self.jobs, self.img_size = jobs, img_size
 
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, index: int) -> tuple[_ClipJob, torch.Tensor | None, ClipReadError | None]:
-        job = self.jobs[index]
+def extract_clips(
+    clips: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    settings: dict,
+    check: Callable[[Path, str], Job],
+    encode: Callable[[list[Job]], Iterator[ClipResult]],
+    summary: ExtractionSummary,
+    overwrite: bool,
+    skip_bad: bool,
+    progress: bool,
+    desc: str,
+    problem: str,
+) -> ExtractionSummary:
+    """The loop of every extraction command (see the module's docstring): ``check(path, clip)``
+    opens one clip without output and returns its job (raising
+    :class:`~minigpt4.datasets.frames.ClipReadError` for a bad clip); ``encode(jobs)`` yields
+    every job's vector (or read error), in any order.  ``problem`` says what bad clips share
+    (for the message that stops the run)."""
+    output_dir = Path(output_dir)
+    replace = check_output_fingerprint(output_dir, settings, overwrite)
+    jobs, bad = [], []
+    for path in _one_input_per_clip([Path(c) for c in clips], summary):
+        name = clip_name(path)
+        if not replace and (output_dir / f"{name}.npy").exists():
+            summary.already_present += 1
+            continue
         try:
-            # resized as decoded: memory follows the encoder's input size, not the frames'
-            frames = open_clip_frames(job.path, job.clip).read(job.indices, size=(self.img_size, self.img_size))
+            jobs.append(check(path, name))
         except ClipReadError as exc:
-            return job, None, exc
-        return job, frames_to_model_input(frames, self.img_size), None
+            bad.append(exc)
+    _open_output(output_dir, settings, replace, bad, summary, skip_bad, problem)
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress) as bar:
+            for job, result in encode(jobs):
+                if isinstance(result, ClipReadError):
+                    if not skip_bad:
+                        raise result
+                    logger.error("%s", result)
+                    summary.skipped.append(result)
+                else:
+                    save_npy_atomic(output_dir / f"{job.clip}.npy", result)
+                    summary.done += 1
+                bar.update(1)
+    finally:
+        if skip_bad:
+            write_skipped_report(output_dir, summary.skipped)
+    return summary
 
 
 def _one_input_per_clip(clips: Sequence[Path], summary: ExtractionSummary) -> list[Path]:
@@ -160,75 +196,7 @@ def _one_input_per_clip(clips: Sequence[Path], summary: ExtractionSummary) -> li
     return [paths[0] for paths in owners.values()]
 
 
-def _plan(
-    clips: Sequence[Path],
-    output_dir: Path,
-    sample: Callable[[int], list[int]],
-    summary: ExtractionSummary,
-    redo_all: bool = False,
-) -> tuple[list[_ClipJob], list[ClipReadError]]:
-    """Open and check every clip without output; count the ones already done."""
-    jobs, bad = [], []
-    for path in _one_input_per_clip(clips, summary):
-        name = clip_name(path)
-        if not redo_all and (output_dir / f"{name}.npy").exists():
-            summary.already_present += 1
-            continue
-        try:
-            num_frames = open_clip_frames(path, name).num_frames
-            jobs.append(_ClipJob(name, path, sample(num_frames)))
-        except ClipReadError as exc:
-            bad.append(exc)
-            continue
-        if num_frames < summary.frames_needed:
-            summary.short.append(name)
-    return jobs, bad
-
-
-def _extract(
-    clips: Sequence[str | os.PathLike],
-    output_dir: str | os.PathLike,
-    *,
-    settings: dict,
-    overwrite: bool,
-    img_size: int,
-    sample: Callable[[int], list[int]],
-    encode: Callable[[list[torch.Tensor]], list[np.ndarray]],
-    batch_size: int,
-    num_workers: int,
-    skip_bad: bool,
-    progress: bool,
-    desc: str,
-    frames_needed: int = 0,
-) -> ExtractionSummary:
-    output_dir = Path(output_dir)
-    replace = check_output_fingerprint(output_dir, settings, overwrite)
-    summary = ExtractionSummary(frames_needed=frames_needed, clips_given=len(clips))
-    jobs, bad = _plan([Path(c) for c in clips], output_dir, sample, summary, redo_all=replace)
-    open_output(output_dir, settings, replace, bad, summary, skip_bad, problem="cannot be read")
-    loader = DataLoader(
-        _ClipFrameDataset(jobs, img_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=list,  # clips have different frame counts: the encoder step batches them
-    )
-    try:
-        with tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress) as bar:
-            for batch in loader:
-                readable = readable_items(batch, skip_bad, summary)
-                if readable:
-                    features = encode([pixels for _, pixels in readable])
-                    for (job, _), feature in zip(readable, features, strict=True):
-                        save_npy_atomic(output_dir / f"{job.clip}.npy", feature)
-                        summary.done += 1
-                bar.update(len(batch))
-    finally:
-        if skip_bad:
-            write_skipped_report(output_dir, summary.skipped)
-    return summary
-
-
-def open_output(
+def _open_output(
     output_dir: Path,
     settings: dict,
     replace: bool,
@@ -258,40 +226,79 @@ def open_output(
         (output_dir / SKIPPED_REPORT).unlink(missing_ok=True)  # the report of the replaced run
 
 
-def readable_items(
-    batch: Sequence[tuple[Any, Any, ClipReadError | None]], skip_bad: bool, summary: ExtractionSummary
-) -> list[tuple[Any, Any]]:
-    """The ``(job, data)`` of a loader batch whose clip decoded; a failure is skipped (logged
-    and counted) under ``skip_bad`` and raised otherwise."""
-    readable = []
-    for job, data, exc in batch:
-        if exc is None:
-            readable.append((job, data))
-        elif skip_bad:
-            logger.error("%s", exc)
-            summary.skipped.append(exc)
-        else:
-            raise exc
-    return readable
+# ------------------------------------------------------------------------- FaceMAE, VideoMAE
 
 
-def check_counts(**counts: int) -> None:
-    """Each count (``batch_size=0``, say) must be a positive integer (``num_workers``: or 0)."""
-    for name, value in counts.items():
-        smallest = 0 if name == "num_workers" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
-            raise ValueError(f"--{name} must be an integer of at least {smallest}, got {value!r}")
+@dataclass(frozen=True)
+class _FramesJob:
+    """What a loader worker needs for one clip: plain data, so it crosses process bounds."""
+
+    clip: str
+    path: Path
+    indices: list[int]
 
 
-def encoder_settings(model: torch.nn.Module, /, **settings) -> dict:
-    """The fingerprint of an encoder's output folder: ``settings`` (level, sampling, names the
-    command knows) and a digest of the weights, so another checkpoint or encoder never
-    writes into the files of this one."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return dict(settings, encoder=type(model).__name__, weights_sha256=digest.hexdigest())
+class _ClipFrameDataset(Dataset):
+    """Decodes a clip's sampled frames; a read failure is returned, not raised, so the
+    main process decides between stopping and skipping."""
+
+    def __init__(self, jobs: Sequence[_FramesJob], img_size: int):
+        self.jobs, self.img_size = jobs, img_size
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> tuple[_FramesJob, torch.Tensor | ClipReadError]:
+        job = self.jobs[index]
+        try:
+            # resized as decoded: memory follows the encoder's input size, not the frames'
+            frames = open_clip_frames(job.path, job.clip).read(job.indices, size=(self.img_size, self.img_size))
+        except ClipReadError as exc:
+            return job, exc
+        return job, frames_to_model_input(frames, self.img_size)
+
+
+def _extract_frames(
+    clips: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    settings: dict,
+    img_size: int,
+    sample: Callable[[int], list[int]],
+    encode_batch: Callable[[list[torch.Tensor]], list[np.ndarray]],
+    batch_size: int,
+    num_workers: int,
+    frames_needed: int = 0,
+    **loop_options,
+) -> ExtractionSummary:
+    """:func:`extract_clips` for an encoder of frames: each clip's ``sample(num_frames)``
+    frames, ``batch_size`` clips per ``encode_batch``."""
+    summary = ExtractionSummary(frames_needed=frames_needed, clips_given=len(clips))
+
+    def check(path: Path, clip: str) -> _FramesJob:
+        num_frames = open_clip_frames(path, clip).num_frames
+        job = _FramesJob(clip, path, sample(num_frames))
+        if num_frames < frames_needed:
+            summary.short.append(clip)
+        return job
+
+    def encode(jobs: list[_FramesJob]) -> Iterator[ClipResult]:
+        loader = DataLoader(
+            _ClipFrameDataset(jobs, img_size),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=list,  # clips have different frame counts: the encoder step batches them
+        )
+        for batch in loader:
+            readable = [pixels for _, pixels in batch if not isinstance(pixels, ClipReadError)]
+            vectors = iter(encode_batch(readable) if readable else [])
+            for job, pixels in batch:
+                yield job, pixels if isinstance(pixels, ClipReadError) else next(vectors)
+
+    return extract_clips(
+        clips, output_dir, settings=settings, check=check, encode=encode, summary=summary, problem="cannot be read",
+        **loop_options,
+    )
 
 
 def extract_face_mae_features(
@@ -317,39 +324,21 @@ def extract_face_mae_features(
     so long clips fit.  ``source`` (the encoder's name and weight file, say) joins the output
     folder's fingerprint; ``overwrite`` replaces files made with other settings.
     """
-    level = FeatureLevel(feature_level)
     check_counts(batch_size=batch_size, num_workers=num_workers, frames_per_forward=frames_per_forward)
-    if max_frames is not None:
-        check_counts(max_frames=max_frames)
-    settings = encoder_settings(
-        model,
-        **(source or {}),
-        feature_level=level.value,
-        max_frames=max_frames,
-        global_pool=model.uses_global_pool,
-        img_size=model.img_size,
-    )
+    settings = face_mae_settings(model, feature_level=feature_level, max_frames=max_frames, source=source)
     model = model.to(device).eval()
-
-    @torch.inference_mode()
-    def encode(clip_frames: list[torch.Tensor]) -> list[np.ndarray]:
-        all_frames = torch.cat(clip_frames)  # [sum of T, 3, img, img]
-        vectors = torch.cat([model(chunk.to(device)) for chunk in all_frames.split(frames_per_forward)])
-        per_clip = vectors.split([len(frames) for frames in clip_frames])  # each [T, D]
-        if level is FeatureLevel.UTTERANCE:
-            per_clip = [frame_vectors.mean(dim=0) for frame_vectors in per_clip]
-        return [vector.cpu().numpy() for vector in per_clip]
-
-    return _extract(
+    return _extract_frames(
         clips,
         output_dir,
         settings=settings,
-        overwrite=overwrite,
         img_size=model.img_size,
         sample=lambda num_frames: uniform_frame_indices(num_frames, max_frames),
-        encode=encode,
+        encode_batch=lambda pixels: face_mae_vectors(
+            model, pixels, feature_level=feature_level, frames_per_forward=frames_per_forward, device=device
+        ),
         batch_size=batch_size,
         num_workers=num_workers,
+        overwrite=overwrite,
         skip_bad=skip_bad,
         progress=progress,
         desc="FaceMAE",
@@ -376,35 +365,19 @@ def extract_video_mae_features(
     such clips.  ``source`` and ``overwrite`` as for :func:`extract_face_mae_features`.
     """
     check_counts(batch_size=batch_size, num_workers=num_workers)
-    if FeatureLevel(feature_level) is not FeatureLevel.UTTERANCE:
-        raise ValueError(
-            "VideoMAE gives one vector per clip (its frames are encoded together); "
-            "feature level FRAME has no meaning for it, use UTTERANCE"
-        )
-    if model.num_frames % MER_FRAMES_PER_SEGMENT:
-        raise ValueError(
-            f"the MER sampling takes frames in pairs; a VideoMAE of {model.num_frames} frames cannot use it"
-        )
-    num_segments = model.num_frames // MER_FRAMES_PER_SEGMENT
-    settings = encoder_settings(model, **(source or {}), feature_level=FeatureLevel.UTTERANCE.value, img_size=model.img_size)
+    settings = video_mae_settings(model, feature_level=feature_level, source=source)
     model = model.to(device).eval()
-
-    @torch.inference_mode()
-    def encode(clip_frames: list[torch.Tensor]) -> list[np.ndarray]:
-        clips_batch = torch.stack(clip_frames).transpose(1, 2)  # [B, T, 3, H, W] -> [B, 3, T, H, W]
-        return list(model(clips_batch.to(device)).cpu().numpy())
-
-    return _extract(
+    return _extract_frames(
         clips,
         output_dir,
         settings=settings,
-        overwrite=overwrite,
         img_size=model.img_size,
         frames_needed=model.num_frames,
-        sample=lambda num_frames: videomae_frame_indices(num_frames, num_segments, MER_FRAMES_PER_SEGMENT),
-        encode=encode,
+        sample=lambda num_frames: video_mae_frame_indices(model, num_frames),
+        encode_batch=lambda pixels: video_mae_vectors(model, pixels, device=device),
         batch_size=batch_size,
         num_workers=num_workers,
+        overwrite=overwrite,
         skip_bad=skip_bad,
         progress=progress,
         desc="VideoMAE",
@@ -425,8 +398,8 @@ def extraction_argument_parser(
     description: str, default_model: str | None, clip_kinds: str = "frame folders, .npy arrays, videos"
 ) -> argparse.ArgumentParser:
     """The options the extraction commands share; ``default_model`` None leaves out the
-    registered-encoder options (``--checkpoint``, ``--model``, ``--trust-checkpoint``) for a
-    command whose encoder is a model folder instead; ``clip_kinds`` says what a clip may be."""
+    registered-encoder options (``--checkpoint``, ``--model``) for a command whose encoder is
+    a model folder instead; ``clip_kinds`` says what a clip may be."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--input",
@@ -450,13 +423,12 @@ def extraction_argument_parser(
         action="store_true",
         help=f"skip unreadable clips, listing them in {SKIPPED_REPORT}",
     )
-    if default_model is not None:
-        parser.add_argument(
-            "--trust-checkpoint",
-            dest="trust_checkpoint",
-            action="store_true",
-            help="allow a checkpoint that needs full unpickling (runs code from the file)",
-        )
+    parser.add_argument(
+        "--trust-checkpoint",
+        dest="trust_checkpoint",
+        action="store_true",
+        help="allow a weight file that needs full unpickling (runs code from the file)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -493,7 +465,7 @@ def check_output_path(output: str | os.PathLike) -> None:
 def run_extraction(
     args: argparse.Namespace,
     build: Callable[[], torch.nn.Module],
-    extract: Callable[..., "ExtractionSummary"],
+    extract: Callable[..., ExtractionSummary],
     *,
     is_entry: Callable[[Path], bool] = is_clip_entry,
     extract_options: dict | None = None,
@@ -501,23 +473,28 @@ def run_extraction(
     """What every extraction command does once parsed: ``build`` the encoder, extract every
     clip of ``args.input`` (the entries ``is_entry`` accepts) into ``args.output``, and return
     the summary line.  The options are checked before the encoder is built, and nothing is
-    written before every clip is."""
-    device = check_device(args.device)
-    check_output_path(args.output)
-    clips = list_clips(args.input, exclude=args.output, is_entry=is_entry)
-    model = build()
-    summary = extract(
-        model,
-        clips,
-        args.output,
-        feature_level=args.feature_level,
-        device=device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-        **(extract_options or {}),
-    )
+    written before every clip is; a problem the user can fix (:data:`EXTRACTION_ERRORS`) ends
+    the command with one line, ``error: ...``."""
+    setup_logging()
+    try:
+        device = check_device(args.device)
+        check_output_path(args.output)
+        clips = list_clips(args.input, exclude=args.output, is_entry=is_entry)
+        model = build()
+        summary = extract(
+            model,
+            clips,
+            args.output,
+            feature_level=args.feature_level,
+            device=device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            **(extract_options or {}),
+        )
+    except EXTRACTION_ERRORS as exc:
+        raise SystemExit(f"error: {exc}") from exc
     return describe_summary(summary, args.output)
 
 

@@ -18,15 +18,9 @@ import torch
 from timm.layers import LayerNorm
 from timm.models.eva import Eva
 
-from minigpt4.common.checkpoint_io import (
-    CheckpointError,
-    LoadReport,
-    apply_state_dict,
-    load_checkpoint,
-    unwrap_state_dict,
-)
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, read_state_dict
 from minigpt4.common.registry import registry
-from minigpt4.models.pos_embed import resize_pos_embed
+from minigpt4.models.pos_embed import released_vit_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +88,12 @@ def eva_checkpoint_filter(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Turn a LAVIS ``eva_vit_g.pth`` state dict into ``model``'s tensors.
 
-    Returns the tensors in the model's names and the names of everything the model has no
-    place for (blocks beyond its depth, anything foreign), so the caller decides what is
-    an error.  Shapes are not checked here; loading reports wrong ones.
+    Returns the tensors in the model's names (timm's names are LAVIS's, ``attn.q_bias`` and
+    ``attn.v_bias`` included) and the names of everything the model has no place for (blocks
+    beyond its depth, anything foreign), so the caller decides what is an error.
     """
     own = model.state_dict()
-    tensors, unused = {}, []
-    for name, tensor in state_dict.items():
-        if name not in own:
-            unused.append(name)
-        elif name == "pos_embed":
-            tensors[name] = resize_pos_embed(tensor, model.patch_grid)
-        else:
-            # timm's names are LAVIS's, ``attn.q_bias`` and ``attn.v_bias`` included
-            tensors[name] = tensor
-    return tensors, unused
+    return released_vit_tensors(state_dict, model.patch_grid, leave_out=lambda name: name not in own)
 
 
 def load_eva_checkpoint(
@@ -124,8 +109,7 @@ def load_eva_checkpoint(
     ``strict`` and a warning otherwise.
     """
     what = f"EVA ViT checkpoint {path}"
-    state_dict = unwrap_state_dict(load_checkpoint(path, "EVA ViT checkpoint", trust_checkpoint), what)
-    tensors, unused = eva_checkpoint_filter(state_dict, model)
+    tensors, unused = eva_checkpoint_filter(read_state_dict(path, "EVA ViT checkpoint", trust_checkpoint), model)
     depth = len(model.blocks)
     dropped_blocks = sorted({i for i in (_block_beyond(name, depth) for name in unused) if i is not None})
     foreign = [name for name in unused if _block_beyond(name, depth) is None]
@@ -146,19 +130,14 @@ def load_eva_checkpoint(
 
 def build_eva_vit(
     *,
-    img_size: int,
-    patch_size: int,
-    width: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    drop_path_rate: float = 0.0,
     use_grad_checkpoint: bool = False,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    **architecture,
 ) -> EvaViT:
-    """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
-    model = EvaViT(img_size, patch_size, width, depth, num_heads, mlp_ratio, drop_path_rate)
+    """Build the encoder of ``architecture`` (:class:`EvaViT`'s arguments) and, given a
+    ``checkpoint``, load it (strictly)."""
+    model = EvaViT(**architecture)
     model.set_grad_checkpointing(use_grad_checkpoint)
     if checkpoint is not None:
         load_eva_checkpoint(model, checkpoint, trust_checkpoint)
@@ -174,5 +153,4 @@ EVA_VARIANTS = {
     "eva_clip_g": dict(img_size=448, patch_size=14, width=1408, depth=39, num_heads=16, mlp_ratio=4.3637),
     "eva_clip_tiny": dict(img_size=224, patch_size=14, width=32, depth=2, num_heads=4, mlp_ratio=2.0),
 }
-for _name, _architecture in EVA_VARIANTS.items():
-    registry.register_encoder(_name)(partial(build_eva_vit, **_architecture))
+registry.register_variants("encoder", EVA_VARIANTS, build_eva_vit)

@@ -23,16 +23,9 @@ import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
-from minigpt4.common.checkpoint_io import (
-    CheckpointError,
-    LoadReport,
-    apply_state_dict,
-    group_by_prefix,
-    load_checkpoint,
-    unwrap_state_dict,
-)
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, group_by_prefix, read_state_dict
 from minigpt4.common.registry import registry
-from minigpt4.models.pos_embed import resize_pos_embed
+from minigpt4.models.pos_embed import released_vit_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +84,9 @@ def face_mae_checkpoint_filter(
     """
     # global pooling ends in fc_norm and CLS pooling in norm; the other one has no place
     unused_norm = "norm." if model.uses_global_pool else "fc_norm."
-    tensors, ignored = {}, []
-    for name, tensor in state_dict.items():
-        if name.startswith(_PRETRAINING_ONLY) or name.startswith(unused_norm):
-            ignored.append(name)
-        elif name == "pos_embed":
-            tensors[name] = resize_pos_embed(tensor, model.patch_grid)
-        else:
-            tensors[name] = tensor
-    return tensors, ignored
+    return released_vit_tensors(
+        state_dict, model.patch_grid, leave_out=lambda name: name.startswith((*_PRETRAINING_ONLY, unused_norm))
+    )
 
 
 def load_face_mae_checkpoint(
@@ -116,8 +103,7 @@ def load_face_mae_checkpoint(
         raise ValueError(
             "--fresh_fc_norm applies to --global_pool only (the CLS feature goes through norm, not fc_norm)"
         )
-    state_dict = unwrap_state_dict(load_checkpoint(path, "FaceMAE checkpoint", trust_checkpoint), what)
-    tensors, ignored = face_mae_checkpoint_filter(state_dict, model)
+    tensors, ignored = face_mae_checkpoint_filter(read_state_dict(path, "FaceMAE checkpoint", trust_checkpoint), model)
     if model.uses_global_pool and "fc_norm.weight" not in tensors:
         if not fresh_fc_norm:
             raise CheckpointError(
@@ -138,19 +124,14 @@ def load_face_mae_checkpoint(
 
 def build_face_mae(
     *,
-    img_size: int,
-    patch_size: int,
-    width: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    global_pool: bool = False,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
     fresh_fc_norm: bool = False,
+    **architecture,
 ) -> FaceMAE:
-    """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
-    model = FaceMAE(img_size, patch_size, width, depth, num_heads, mlp_ratio, global_pool)
+    """Build the encoder of ``architecture`` (:class:`FaceMAE`'s arguments) and, given a
+    ``checkpoint``, load it (strictly)."""
+    model = FaceMAE(**architecture)
     if checkpoint is not None:
         load_face_mae_checkpoint(model, checkpoint, trust_checkpoint, fresh_fc_norm)
     return model
@@ -164,5 +145,4 @@ FACE_MAE_VARIANTS = {
     "face_mae_vit_large": dict(img_size=224, patch_size=16, width=1024, depth=24, num_heads=16, mlp_ratio=4.0),
     "face_mae_tiny": dict(img_size=64, patch_size=16, width=64, depth=2, num_heads=4, mlp_ratio=4.0),
 }
-for _name, _architecture in FACE_MAE_VARIANTS.items():
-    registry.register_encoder(_name)(partial(build_face_mae, **_architecture))
+registry.register_variants("encoder", FACE_MAE_VARIANTS, build_face_mae)

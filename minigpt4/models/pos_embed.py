@@ -1,8 +1,10 @@
-"""Resizing a learned absolute position table to another patch grid (EVA and FaceMAE files)."""
+"""The learned absolute position table of a released ViT file (EVA, FaceMAE) on another
+patch grid: resized as LAVIS and MAE resize it, the rest of the file passed on."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -28,3 +30,20 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
         interpolation="bicubic",
         antialias=False,
     )
+
+
+def released_vit_tensors(
+    state_dict: dict[str, torch.Tensor], grid: tuple[int, int], leave_out: Callable[[str], bool]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of a released file for a model of patch grid ``grid``: every name but those
+    ``leave_out`` names (returned as the second value, for the loader to report), with
+    ``pos_embed`` resized to ``grid``.  Shapes are not checked here; loading reports wrong ones."""
+    tensors, left_out = {}, []
+    for name, tensor in state_dict.items():
+        if leave_out(name):
+            left_out.append(name)
+        elif name == "pos_embed":
+            tensors[name] = resize_pos_embed(tensor, grid)
+        else:
+            tensors[name] = tensor
+    return tensors, left_out

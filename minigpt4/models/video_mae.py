@@ -19,7 +19,7 @@ from timm.layers import LayerNorm
 from timm.models.eva import EvaBlock
 from torch import nn
 
-from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, group_by_prefix, load_checkpoint, unwrap_state_dict
+from minigpt4.common.checkpoint_io import CheckpointError, LoadReport, apply_state_dict, group_by_prefix, read_state_dict
 from minigpt4.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,7 @@ def load_video_mae_checkpoint(
     same, on request and reported; without it such a file is refused.
     """
     what = f"VideoMAE checkpoint {path}"
-    state_dict = unwrap_state_dict(load_checkpoint(path, "VideoMAE checkpoint", trust_checkpoint), what)
-    tensors, ignored = video_mae_checkpoint_filter(state_dict, model)
+    tensors, ignored = video_mae_checkpoint_filter(read_state_dict(path, "VideoMAE checkpoint", trust_checkpoint), model)
     if fresh_fc_norm and "fc_norm.weight" not in tensors:
         for name in ("norm.weight", "norm.bias"):
             if name in tensors:
@@ -166,20 +165,14 @@ def load_video_mae_checkpoint(
 
 def build_video_mae(
     *,
-    img_size: int,
-    patch_size: int,
-    num_frames: int,
-    tubelet_size: int,
-    width: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
     checkpoint: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
     fresh_fc_norm: bool = False,
+    **architecture,
 ) -> VideoMAE:
-    """Build the encoder and, given a ``checkpoint``, load it (strictly)."""
-    model = VideoMAE(img_size, patch_size, num_frames, tubelet_size, width, depth, num_heads, mlp_ratio)
+    """Build the encoder of ``architecture`` (:class:`VideoMAE`'s arguments) and, given a
+    ``checkpoint``, load it (strictly)."""
+    model = VideoMAE(**architecture)
     if checkpoint is not None:
         load_video_mae_checkpoint(model, checkpoint, trust_checkpoint, fresh_fc_norm)
     return model
@@ -197,5 +190,4 @@ VIDEO_MAE_VARIANTS = {
         img_size=64, patch_size=16, num_frames=16, tubelet_size=2, width=64, depth=2, num_heads=4, mlp_ratio=4.0
     ),
 }
-for _name, _architecture in VIDEO_MAE_VARIANTS.items():
-    registry.register_encoder(_name)(partial(build_video_mae, **_architecture))
+registry.register_variants("encoder", VIDEO_MAE_VARIANTS, build_video_mae)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from minigpt4.datasets.errors import DataError
 from minigpt4.probe.config import ProbeConfigError, load_config
+from minigpt4.probe.export import export_detectors
 from minigpt4.probe.labels import ProbeInputError
 from minigpt4.probe.plots import write_plots
 from minigpt4.probe.report import markdown_table, write_report
@@ -37,6 +38,8 @@ def main(argv=None) -> dict[str, Path]:
         drawn = timeline_plots(result, out)
         if drawn:
             paths["timeline plots"] = drawn[0].parent  # one PNG per video
+    for folder in export_detectors(result, out):
+        paths[f"detector {folder.name}"] = folder
     print(markdown_table(result))
     print(f"probe results in {out}: " + ", ".join(path.name for path in paths.values()))
     return paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,6 +24,7 @@ KINDS = (
 )
 INNER_SCORING = ("balanced_accuracy", "roc_auc", "neg_log_loss", "f1")
 SEQUENCE_MODELS = ("gru",)
+THRESHOLD_RULES = ("balanced_accuracy", "f1", "half")
 BEST = "best"  # in timeline_sets: the set ranked first
 
 
@@ -70,11 +71,18 @@ class ProbeConfig:
     sequence_model: Optional[str] = None  # "gru": a GRU over each context window, per context base set and window
     gru: GRUConfig = field(default_factory=GRUConfig)
     timeline_sets: list[str] = field(default_factory=lambda: [BEST])  # per-video P(MW) timelines of these sets
+    export: Any = None  # sets refitted and written as detectors: a name, a list of names, or best (null: none)
+    export_threshold: str = "balanced_accuracy"  # decision threshold on out-of-fold P(MW): balanced_accuracy | f1 | half
 
 
 @dataclass
 class ProbeRunConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def export_names(cfg: ProbeConfig) -> list[str]:
+    """``probe.export`` as a list of set names (or ``best``)."""
+    return [cfg.export] if isinstance(cfg.export, str) else list(cfg.export or [])
 
 
 def load_config(path: str | Path, options: Sequence[str] = ()) -> ProbeConfig:
@@ -132,6 +140,14 @@ def check_config(cfg: ProbeConfig) -> None:
         bad("gru", f"dim and hidden must be at least 1, lr positive, permutations 0 or more; got {gru}")
     if not gru.epochs or any(e < 1 for e in gru.epochs) or not gru.weight_decay or any(w < 0 for w in gru.weight_decay):
         bad("gru", f"epochs need one or more values >= 1 and weight_decay one or more values >= 0; got {gru}")
+    if cfg.export is None:
+        cfg.export = []
+    elif isinstance(cfg.export, str):
+        cfg.export = [cfg.export]
+    if not isinstance(cfg.export, list) or not all(isinstance(name, str) for name in cfg.export):
+        bad("export", f"a set name, a list of set names, or {BEST!r}; got {cfg.export!r}")
+    if cfg.export_threshold not in THRESHOLD_RULES:
+        bad("export_threshold", f"{cfg.export_threshold!r} is not one of {', '.join(THRESHOLD_RULES)}")
     if cfg.n_jobs == 0:
         bad("n_jobs", "0 processes cannot fit anything; use 1 or more, or -1 for every core")
     out = Path(cfg.output_dir)

@@ -10,7 +10,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from minigpt4.probe.config import BEST, ProbeConfig
+from minigpt4.probe.config import BEST, ProbeConfig, export_names
 from minigpt4.probe.dump import Dump
 from minigpt4.probe.dump_check import non_finite_rows
 from minigpt4.probe.feature_sets import FeatureSet, SetLoader, enumerate_sets, temporal_sets
@@ -100,9 +100,10 @@ def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureS
     if not sets:
         raise ProbeInputError(f"{dump.folder}: none of probe.kinds {cfg.kinds} is in the dump ({', '.join(dump.kinds)})")
     sets += temporal_sets(sets, cfg, labels)
-    unknown = [name for name in cfg.timeline_sets if name != BEST and name not in {s.name for s in sets}]
-    if unknown:
-        raise ProbeInputError(f"probe.timeline_sets: {unknown} are not feature sets of this probe (nor {BEST!r})")
+    for key, names in (("timeline_sets", cfg.timeline_sets), ("export", export_names(cfg))):
+        unknown = [name for name in names if name != BEST and name not in {s.name for s in sets}]
+        if unknown:
+            raise ProbeInputError(f"probe.{key}: {unknown} are not feature sets of this probe (nor {BEST!r})")
     return dump, labels, left_out, sets
 
 

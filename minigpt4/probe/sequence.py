@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,22 +54,59 @@ def one_thread():
         torch.set_num_threads(previous)
 
 
-def window_tensors(codes: np.ndarray, windows: np.ndarray, train_rows: np.ndarray) -> torch.Tensor:
-    """Codes [N, dim] and windows [N, K] (left-padded with PAD) -> [N, K, dim]: each clip's
-    code minus its window's mean, zeros where a window is padded, each input scaled to unit
-    spread over the training rows' windows (never the held-out ones).
+@dataclass
+class WindowInputs:
+    """How a base set's rows become the GRU's input, learnt on the training rows only.
+
+    Each row is standardised and reduced to principal components; a window [K] of rows
+    becomes [K, dim]: each clip's code minus its window's mean, zeros where the window is
+    padded, each input scaled to unit spread over the training rows' windows.
 
     Centring on the window keeps what changes within it and drops the person's resting
     level: with a few dozen people in the training folds, a GRU given the level learns to
     tell the people apart (training accuracy 1.0, held-out at chance on the synthetic
-    sessions of the tests), while the level itself is what the ``ctx{K}/mean`` sets probe."""
-    present = (windows != PAD)[..., None]
-    clips = np.where(present, codes[np.where(windows != PAD, windows, 0)], 0.0)  # [N, K, dim]
-    mean = clips.sum(axis=1, keepdims=True) / present.sum(axis=1, keepdims=True)
-    changes = np.where(present, clips - mean, 0.0)
-    train_present = np.broadcast_to(present[train_rows], changes[train_rows].shape)
-    spread = np.sqrt((changes[train_rows] ** 2).sum(axis=(0, 1)) / np.maximum(train_present.sum(axis=(0, 1)), 1))
-    return torch.from_numpy((changes / np.maximum(spread, 1e-12)).astype(np.float32))
+    sessions of the tests), while the level itself is what the ``ctx{K}/mean`` sets probe.
+    """
+
+    scaler_mean: np.ndarray  # [D]
+    scaler_scale: np.ndarray  # [D]
+    pca_mean: np.ndarray  # [D]
+    components: np.ndarray  # [dim, D]
+    spread: np.ndarray  # [dim]
+
+    ARRAYS = ("scaler.mean", "scaler.scale", "pca.mean", "pca.components", "inputs.spread")
+
+    @classmethod
+    def fit(cls, X: np.ndarray, windows: np.ndarray, train_rows: np.ndarray, dim: int) -> "WindowInputs":
+        scaler = StandardScaler().fit(X[train_rows])
+        dim = min(dim, len(train_rows), X.shape[1])
+        pca = PCA(n_components=dim, svd_solver="full").fit(scaler.transform(X[train_rows]))
+        inputs = cls(scaler.mean_, scaler.scale_, pca.mean_, pca.components_, np.ones(dim))
+        changes, present = inputs.changes(X, windows[train_rows])
+        counts = np.maximum(np.broadcast_to(present, changes.shape).sum(axis=(0, 1)), 1)
+        inputs.spread = np.maximum(np.sqrt((changes**2).sum(axis=(0, 1)) / counts), 1e-12)
+        return inputs
+
+    def changes(self, X: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([len(windows), K, dim] unscaled changes, [.., K, 1] which places hold a clip)."""
+        codes = ((np.asarray(X, np.float64) - self.scaler_mean) / self.scaler_scale - self.pca_mean) @ self.components.T
+        present = (windows != PAD)[..., None]
+        clips = np.where(present, codes[np.where(windows != PAD, windows, 0)], 0.0)
+        mean = clips.sum(axis=1, keepdims=True) / present.sum(axis=1, keepdims=True)
+        return np.where(present, clips - mean, 0.0), present
+
+    def __call__(self, X: np.ndarray, windows: np.ndarray) -> torch.Tensor:
+        """The GRU's input [len(windows), K, dim] for the windows over the rows of X."""
+        changes, _ = self.changes(X, windows)
+        return torch.from_numpy((changes / self.spread).astype(np.float32))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        values = (self.scaler_mean, self.scaler_scale, self.pca_mean, self.components, self.spread)
+        return {name: np.asarray(value, np.float64) for name, value in zip(self.ARRAYS, values)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "WindowInputs":
+        return cls(*(arrays[name] for name in cls.ARRAYS))
 
 
 def train_gru(
@@ -138,13 +176,9 @@ def fit_sequence_fold(
     y_test = y_true[test]
     sizes = dict(fold=int(held_out), n_train=int(train.sum()), n_test=int(test.sum()), n_test_mw=int(y_test.sum()))
     one_class_held_out = len(np.unique(y_test)) < 2
-    scaler = StandardScaler().fit(X[train])
-    dim = min(cfg.gru.dim, int(train.sum()), X.shape[1])
-    pca = PCA(n_components=dim, svd_solver="full").fit(scaler.transform(X[train]))
-    codes = pca.transform(scaler.transform(X))
     train_rows, test_rows = np.flatnonzero(train), np.flatnonzero(test)
     # a row's window lies in its own fold: training windows never read held-out clips
-    sequences = window_tensors(codes, windows, train_rows)
+    sequences = WindowInputs.fit(X, windows, train_rows, cfg.gru.dim)(X, windows)
     fits = []
     with one_thread():
         for labels in labellings:
@@ -168,3 +202,27 @@ def fit_sequence_fold(
                 )
             )
     return fits
+
+
+def fit_final_gru(X: np.ndarray, windows: np.ndarray, y: np.ndarray, folds: np.ndarray, cfg: ProbeConfig) -> dict:
+    """The GRU refitted on every row (epochs and weight decay by leave-one-fold-out over all
+    folds), as the arrays and choices a detector stores."""
+    rows = np.arange(len(y))
+    inputs = WindowInputs.fit(X, windows, rows, cfg.gru.dim)
+    sequences = inputs(X, windows)
+    with one_thread():
+        epochs, weight_decay = choose_training(sequences, y, folds, cfg)
+        state = train_gru(sequences, y, cfg.gru, weight_decay, cfg.seed, [epochs], lambda model: model.state_dict())[epochs]
+    arrays = inputs.arrays() | {f"gru.{name}": tensor.numpy().astype(np.float32) for name, tensor in state.items()}
+    return {"arrays": arrays, "epochs": int(epochs), "weight_decay": float(weight_decay)}
+
+
+def gru_p_mw(detector, X: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """P(MW) of a GRU detector for each window [N, K] over the base set's rows X."""
+    arrays = detector.arrays
+    state = {name.removeprefix("gru."): torch.from_numpy(np.array(array)) for name, array in arrays.items() if name.startswith("gru.")}
+    model = WindowGRU(state["gru.weight_ih_l0"].shape[1], detector.info["model"]["hidden"])
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad(), one_thread():
+        return torch.sigmoid(model(WindowInputs.from_arrays(arrays)(X, windows))).numpy().astype(np.float64)

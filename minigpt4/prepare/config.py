@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -137,6 +137,28 @@ def load_prepare_config(path: str | Path | None, options: Sequence[str] = ()) ->
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"prepare config: {key + ': ' if key else ''}{_first_line(exc)}") from None
+    _check_ranges(prepare_cfg)
+    return prepare_cfg
+
+
+FACE_SECTIONS = ("sampling", "detector", "track", "align", "peak")  # what the per-clip face pipeline reads
+
+
+def face_pipeline_config(*sections: Mapping, where: str = "faces") -> PrepareConfig:
+    """The per-clip face pipeline's settings for a caller that writes no data root (the detect
+    job): the defaults <- each mapping of ``FACE_SECTIONS`` in turn, checked like a prepare
+    config; an unknown section or key is a ConfigError naming ``where``."""
+    try:
+        cfg = OmegaConf.structured(PrepareConfig(input=InputConfig(videos=""), output=""))
+        for section in sections:
+            unknown = [key for key in section if key not in FACE_SECTIONS]
+            if unknown:
+                raise ConfigError(f"{where}: unknown section(s) {unknown}; the face pipeline reads {', '.join(FACE_SECTIONS)}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(dict(section)))
+        prepare_cfg = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{where}: {key + ': ' if key else ''}{_first_line(exc)}") from None
     _check_ranges(prepare_cfg)
     return prepare_cfg
 

@@ -56,6 +56,19 @@ def read_in_chunks(source: FrameSource, indices: Sequence[int], chunk: int) -> I
         yield part, source.read(part)
 
 
+def rotation_of(frame: av.VideoFrame) -> int:
+    """The frame's counter-clockwise display rotation in degrees: 0, 90, 180 or 270."""
+    return int(round((frame.rotation or 0) / 90.0)) % 4 * 90
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as uint8 RGB [H, W, 3], turned upright by its display rotation (a
+    stream read as it arrives, frame by frame; :class:`VideoSource` reads files)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = rotation_of(frame) // 90
+    return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
+
+
 class VideoSource:
     """One video file: ``timestamps`` (seconds, one per frame, increasing) and ``read``."""
 
@@ -100,7 +113,7 @@ class VideoSource:
             raise self._error(f"unreadable video: {exc}") from exc
         if first is None:
             raise self._error("no video frame can be decoded")
-        return int(round((first.rotation or 0) / 90.0)) % 4 * 90
+        return rotation_of(first)
 
     def _demux_pts(self) -> tuple[np.ndarray, object]:
         try:

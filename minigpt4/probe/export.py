@@ -168,6 +168,7 @@ def build_detector(result: ProbeResult, s: SetResult, load: SetLoader, identity:
         },
         "training": training_data(result),
         "identity": identity,
+        "model_config": result.dump.manifest["fingerprint"]["model"],  # paths as on the machine that made the dump
         "arrays": sorted(arrays),
     }
     return Detector(info, arrays)
@@ -283,3 +284,17 @@ def _pm(summary: dict) -> str:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def scores_on_dump(detector: Detector, dump_dir: str | Path, annotation: str | Path) -> tuple[list[str], np.ndarray]:
+    """(clip names, P(MW)) of a detector applied to every row of a dump: its set built from the
+    dump as the probe builds it (context windows from the annotation's videos and times)."""
+    from minigpt4.probe.dump import Dump
+    from minigpt4.probe.labels import align_labels
+
+    dump = Dump(dump_dir)
+    labels = align_labels(dump.names, annotation, dump.folder, dump.left_out(), allow_split_participants=True)
+    fs = detector.feature_set
+    load = SetLoader(dump, list(detector.sets.values()), labels)
+    X = load(fs)
+    return dump.names, detector.p_mw(X, load.windows(fs.window) if fs.is_sequence else None)

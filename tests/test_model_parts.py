@@ -337,9 +337,8 @@ def test_decoder_layers_needed_refuses_layers_beyond_the_llm():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"llm_layers": 3}, r"^model\.llm_layers: 3 is not a number of decoder layers from 0 to 2 \(the LLM's depth\); "
-                            r"leave it empty to build them all$"),
-        ({"llm_layers": -1}, r"^model\.llm_layers: -1 is not a number of decoder layers from 0 to 2"),
+        ({"llm_layers": 3}, r"^model\.llm_layers: 3 is not a number of decoder layers from 0 to 2 \(the LLM's depth\), "
+                            r"or -1 for all of them$"),
         ({"llm_layers": 1}, r"^model\.llama_feature_layers \[-1\] need the LLM's first 2 decoder layers but "
                             r"model\.llm_layers is 1; name layers below 1 or build more$"),
     ],
@@ -359,16 +358,21 @@ def run_config(tiny_assets, tmp_path, model_keys: str) -> Config:
     return Config(argparse.Namespace(cfg_path=cfg_path, options=[]), default_runner="runner_eval")
 
 
-@pytest.mark.parametrize("written, value", [("two", "two"), ("-2", -2), ("true", True)])
-def test_llm_layers_of_the_wrong_kind_are_refused_by_config_validation(tiny_assets, tmp_path, written, value):
-    with pytest.raises(ConfigError, match=rf"^model\.llm_layers: {re.escape(repr(value))} is not a number of decoder layers \(0 or more\)"):
+@pytest.mark.parametrize(
+    "written, message",
+    [("two", r"expected int \(default -1\), got str 'two'"), ("true", r"expected int \(default -1\), got bool True"),
+     ("-2", r"must be at least -1, got -2")],
+)
+def test_llm_layers_of_the_wrong_kind_are_refused_by_config_validation(tiny_assets, tmp_path, written, message):
+    with pytest.raises(ConfigError, match=rf"^model\.llm_layers: {message}$"):
         run_config(tiny_assets, tmp_path, f"llm_layers: {written}")
 
 
 def test_build_vision_and_llm_layers_read_from_a_run_config(tiny_assets, tmp_path):
-    """Both keys pass config validation and reach the model; empty llm_layers builds every layer."""
+    """Both keys pass config validation and reach the model; llm_layers -1 builds every layer."""
     cfg = run_config(tiny_assets, tmp_path, "build_vision: false, llm_layers: 0")
     model = MiniGPTv2.from_config(cfg.model_cfg)
     assert model.visual_encoder is None and model.llama_model is None
     defaults = run_config(tiny_assets, tmp_path, "llama_feature_pools: []")
-    assert defaults.model_cfg.build_vision is True and defaults.model_cfg.llm_layers is None
+    assert defaults.model_cfg.build_vision is True and defaults.model_cfg.llm_layers == -1
+    assert len(MiniGPTv2.from_config(defaults.model_cfg).causal_lm.model.layers) == 2

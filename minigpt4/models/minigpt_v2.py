@@ -47,18 +47,17 @@ VISION_MODULES = ("visual_encoder", "ln_vision")
 LLM_DECODER_LAYER = re.compile(r"^llama_model\..*\.layers\.(\d+)\.")  # a decoder layer's tensor (LoRA included)
 
 
-def check_llm_layers(llm_layers: int | None, depth: int | None = None) -> int | None:
-    """``model.llm_layers`` as a count of decoder layers: empty (None) = all ``depth`` of them.
-    Without ``depth`` (config validation, before the LLM folder is read) only its type is checked."""
-    if llm_layers is None:
-        return depth
-    too_many = depth is not None and llm_layers > depth
-    if isinstance(llm_layers, bool) or not isinstance(llm_layers, int) or llm_layers < 0 or too_many:
-        bounds = f"from 0 to {depth} (the LLM's depth)" if depth is not None else "(0 or more)"
+ALL_LAYERS = -1  # model.llm_layers: build every decoder layer
+
+
+def check_llm_layers(llm_layers: int, depth: int) -> int:
+    """``model.llm_layers`` as the count of decoder layers to build (-1: all ``depth`` of them)."""
+    if isinstance(llm_layers, bool) or not isinstance(llm_layers, int) or not ALL_LAYERS <= llm_layers <= depth:
         raise ConfigError(
-            f"model.llm_layers: {llm_layers!r} is not a number of decoder layers {bounds}; leave it empty to build them all"
+            f"model.llm_layers: {llm_layers!r} is not a number of decoder layers from 0 to {depth} (the LLM's depth), "
+            "or -1 for all of them"
         )
-    return llm_layers
+    return depth if llm_layers == ALL_LAYERS else llm_layers
 
 
 def image_token_count(num_patches: int, image_token_merge: int) -> int:
@@ -123,11 +122,11 @@ class MiniGPTv2(MiniGPTBase):
         llama_feature_pools: Sequence[str] = (),
         trust_checkpoint: bool = False,
         build_vision: bool = True,
-        llm_layers: int | None = None,
+        llm_layers: int = ALL_LAYERS,
     ):
         """``build_vision`` and ``llm_layers`` build a model for some feature kinds only: without
         the vision encoder (no image features), and with only the LLM's first ``llm_layers``
-        decoder layers (None: all; 0: no LLM, its weights and tokenizer never read).  The
+        decoder layers (-1: all; 0: no LLM, its weights and tokenizer never read).  The
         projectors are always built; every size comes from the config, the LLM folder's
         ``config.json`` and the encoder's architecture, whatever is built."""
         super().__init__()
@@ -367,7 +366,6 @@ class MiniGPTv2(MiniGPTBase):
         """Checks of the model section that need no weights, run by config validation."""
         if "llama_feature_positions" in cfg:
             parse_positions(cfg["llama_feature_positions"])
-        check_llm_layers(cfg.get("llm_layers"))
 
     @classmethod
     def constructor_arguments(cls, cfg) -> dict:

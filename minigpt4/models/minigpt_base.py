@@ -108,7 +108,10 @@ class MiniGPTBase(BaseModel):
         """Stop with one line when ``what`` needs more of the LLM's decoder layers than were built."""
         if needed <= self.llm_layers_built:
             return
-        wanted = "the whole LLM" if needed >= self.llm_depth else f"the LLM's first {needed} decoder layers"
+        if needed >= self.llm_depth:
+            wanted = "the whole LLM"
+        else:
+            wanted = "the LLM's first decoder layer" if needed == 1 else f"the LLM's first {needed} decoder layers"
         built = (
             "without the LLM" if not self.llm_layers_built
             else f"with {self.llm_layers_built} of its {self.llm_depth} decoder layers"

@@ -13,6 +13,7 @@ import torch
 from minigpt4.common.checkpoint_io import CheckpointError
 from minigpt4.common.config import ConfigError
 from minigpt4.models.minigpt_base import decoder_layers_needed
+from test_feature_dump import demo_env, dump  # noqa: F401
 from test_model_parts import DEEP, LORA_PREFIX, POSITIONS, checkpoint, run_config, samples, truncated  # noqa: F401
 from tiny_model import HCMW_INSTRUCTION, HIDDEN, build_model
 
@@ -92,3 +93,16 @@ def test_bad_llm_layers_stop_the_build_in_one_line(tiny_assets, overrides, messa
 def test_llm_layers_of_the_wrong_kind_are_refused_by_config_validation(tiny_assets, tmp_path, written, message):
     with pytest.raises(ConfigError, match=rf"^model\.llm_layers: {message}$"):
         run_config(tiny_assets, tmp_path, f"llm_layers: {written}")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("model.build_vision=false", "model.build_vision: false builds no vision encoder"),
+     ("model.llm_layers=0", "model.llm_layers: 0 builds no LLM")],
+)
+def test_a_feature_dump_of_a_partial_model_stops_before_any_output(demo_env, tmp_path, option, message):
+    out = tmp_path / "features"
+    with pytest.raises(ConfigError, match=rf"^{message}, but the LLM states at model\.llama_feature_positions need the "
+                                          r"image tokens and the LLM; build both for a feature dump$"):
+        dump(out, option)
+    assert not out.exists()

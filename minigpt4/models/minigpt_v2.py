@@ -378,8 +378,15 @@ class MiniGPTv2(MiniGPTBase):
     @classmethod
     def feature_positions_before_loading(cls, cfg, instruction: str) -> list[ResolvedPosition]:
         """The dump positions of ``instruction`` from the tokenizer file and the model's sizes alone,
-        so a name or index beyond the input stops a run before any weights are read."""
+        so a name or index beyond the input stops a run before any weights are read.  The states
+        at those positions need the image tokens and the LLM: a config building either not stops here."""
         args = cls.constructor_arguments(cfg)
+        if not args["build_vision"] or args["llm_layers"] == 0:
+            key = "model.build_vision: false" if not args["build_vision"] else "model.llm_layers: 0"
+            raise ConfigError(
+                f"{key} builds no {'vision encoder' if not args['build_vision'] else 'LLM'}, but the LLM states at "
+                "model.llama_feature_positions need the image tokens and the LLM; build both for a feature dump"
+            )
         grid_h, grid_w = vision_encoder_architecture(args["vit_model"], args["image_size"]).patch_grid
         layout = PromptLayout(
             LlamaTokenizer.from_folder(Path(args["llama_model"]).expanduser(), args["pad_token"]),

@@ -8,7 +8,8 @@ Writes, only under OUT_DIR:
   fixed prompt texts exactly as LLaMA-2's does + random tiny weights); ``tokenizer/`` holds
   its tokenizer only;
 - ``weights/``: EVA ViT-g, MAE-Face and VideoMAE checkpoints in the released file layouts
-  (names and nesting as the real files, tiny shapes, random values);
+  (names and nesting as the real files, tiny shapes, random values), and an Emotion-LLaMA
+  checkpoint of the tiny model (projectors + LoRA, the released peft 0.2 names);
 - ``hubert/``: a Hugging Face HuBERT folder (random tiny weights, feature extractor config);
 - ``hcmw/``: a mind-wandering dataset (annotation CSV, videos with a sound track, face frames, peak frames,
   FaceMAE/VideoMAE/audio vectors) whose drawn faces and tones depend on the label;
@@ -163,7 +164,12 @@ MER_FRAMES = 16
 MER_AVI_CLIPS = (3, 8)  # clip indices written as .avi instead of .mp4
 
 # Independent random streams, one per part, so a change in one part leaves the others alone.
-PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer", "hubert", "sessions")
+# A new part goes last: the seeds of the parts before it stay the same.
+PARTS = ("llama", "eva", "face_mae", "video_mae", "hcmw", "mer", "hubert", "sessions", "emotion_llama")
+# The tiny model config's (minigpt4/configs/models/minigpt_v2_tiny.yaml) LoRA and image-token merge.
+LORA_R = 8
+LORA_TARGETS = ("q_proj", "v_proj")
+IMAGE_TOKEN_MERGE = 4
 
 
 # =========================================================================== tokenizer
@@ -443,6 +449,40 @@ def write_checkpoints(folder: Path, seeds: dict[str, int]) -> dict[str, Path]:
     return paths
 
 
+def emotion_llama_shapes() -> Shapes:
+    """The released Emotion-LLaMA ``.pth`` layout (projectors, LoRA with peft 0.2 names, no adapter
+    name) at the tiny model's sizes."""
+    hidden, vit_width = LLAMA_CONFIG["hidden_size"], eva_vit_shapes()["cls_token"][-1]
+    inputs = {"llama_proj": vit_width * IMAGE_TOKEN_MERGE, "cls_tk_llama_proj": vit_width}
+    inputs |= {f"feats_llama_proj{k}": FEATURE_DIM for k in (1, 2, 3)}
+    shapes = {}
+    for name, fan_in in inputs.items():
+        shapes |= {f"{name}.weight": (hidden, fan_in), f"{name}.bias": (hidden,)}
+    for layer in range(LLAMA_CONFIG["num_hidden_layers"]):
+        for target in LORA_TARGETS:
+            head = f"llama_model.base_model.model.model.layers.{layer}.self_attn.{target}"
+            shapes |= {f"{head}.lora_A.weight": (LORA_R, hidden), f"{head}.lora_B.weight": (hidden, LORA_R)}
+    return shapes
+
+
+def write_emotion_llama(folder: Path, seed: int) -> Path:
+    """``emotion_llama_tiny.pth``: ``{"model": state_dict}`` as the released file.
+
+    Projector weights and biases ~ N(0, 1 / fan_in), a fresh ``nn.Linear``'s scale; LoRA A the
+    same, LoRA B ~ N(0, INIT_STD^2) (peft starts it at zero: small and random so it matters).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shapes = emotion_llama_shapes()
+    state_dict = {}
+    for name, shape in shapes.items():
+        fan_in = shapes[name.rsplit(".", 1)[0] + ".weight"][-1]  # a bias: its weight's
+        scale = INIT_STD if ".lora_B." in name else fan_in**-0.5
+        state_dict[name] = scale * torch.randn(shape, generator=generator)
+    path = folder / "emotion_llama_tiny.pth"
+    torch.save({"model": state_dict}, path)
+    return path
+
+
 # =========================================================================== drawn faces
 
 
@@ -692,6 +732,7 @@ def make_tiny_assets(out_dir: Path, seed: int = 0) -> dict[str, Path]:
         write_tokenizer_files(folder, tokenizer.serialized_model_proto())
     write_tiny_llama(paths["llama_dir"], tokenizer.vocab_size(), seeds["llama"])
     paths |= write_checkpoints(out_dir / "weights", seeds)
+    paths["emotion_llama_ckpt"] = write_emotion_llama(out_dir / "weights", seeds["emotion_llama"])
     paths |= make_hcmw(out_dir / "hcmw", np.random.default_rng(seeds["hcmw"]))
     paths |= make_mer(out_dir / "mer", np.random.default_rng(seeds["mer"]))
     paths["hubert_dir"] = out_dir / "hubert"

@@ -112,7 +112,8 @@ class LoadReport:
     """What happened when a state dict was put into a module.
 
     Besides what :func:`apply_state_dict` finds, a loader may record tensors it left out on
-    purpose (``skipped``: name -> why, e.g. upstream-only modules) and model tensors that
+    purpose (``skipped``: name -> why, e.g. upstream-only modules, or parts of a model built
+    without them) and model tensors that
     keep their fresh initialisation because the file's layout never holds them
     (``initialised``).  Neither is a problem, so neither makes the report unclean.
     """

@@ -137,6 +137,7 @@ RULES: dict[str, Rule] = {
     "model.video_feature_dim": Rule(minimum=POSITIVE),
     "model.drop_path_rate": Rule(**FRACTION),
     "model.lora_r": Rule(minimum=NON_NEGATIVE),
+    "model.llm_layers": Rule(minimum=-1),  # -1 = every decoder layer
     "model.lora_alpha": Rule(minimum=POSITIVE),
     "model.lora_dropout": Rule(**FRACTION),
     "model.lora_target_modules": Rule(items=(str,)),

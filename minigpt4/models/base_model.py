@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -79,6 +80,61 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def llm_config(llama_model: str):
+    """The LLaMA folder's ``config.json`` alone (sizes: no weights, no tokenizer read)."""
+    from transformers import AutoConfig
+
+    folder = Path(llama_model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.llama_model: no Hugging Face LLaMA folder at {folder} (config.json missing); "
+            "point it at your Llama-2-7b-chat-hf download"
+        )
+    return AutoConfig.from_pretrained(folder)
+
+
+# A decoder layer's tensors in the LLaMA folder's weight files.
+DECODER_LAYER_TENSOR = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def _load_first_layers(folder: Path, num_layers: int, kwargs: dict):
+    """The causal LM with only its first ``num_layers`` decoder layers (a config override).
+
+    Transformers reads only the tensors the smaller model has a place for; the others' stay
+    unread in the files.  Its load report would list each of them in a warning table as
+    unexpected; they are left out on purpose, so that report is held back and anything else it
+    would have said (a tensor missing from the files, one of a built layer unused) is logged
+    here instead.
+    """
+    from transformers import AutoModelForCausalLM
+
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+
+    def no_load_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    hf_logger.addFilter(no_load_report)
+    try:
+        llm, info = AutoModelForCausalLM.from_pretrained(
+            folder, num_hidden_layers=num_layers, output_loading_info=True, **kwargs
+        )
+    finally:
+        hf_logger.removeFilter(no_load_report)
+
+    def left_out(name: str) -> bool:
+        match = DECODER_LAYER_TENSOR.match(name)
+        return match is not None and int(match[1]) >= num_layers
+
+    unexpected = sorted(name for name in info["unexpected_keys"] if not left_out(name))
+    missing = sorted(info["missing_keys"])
+    if unexpected or missing:
+        logger.warning(
+            "model.llama_model: the weight files in %s do not match its config.json: missing %s; not used %s",
+            folder, missing or "none", unexpected or "none",
+        )
+    return llm
+
+
 def load_llm(
     llama_model: str,
     precision: str,
@@ -89,16 +145,17 @@ def load_llm(
     lora_dropout: float,
     lora_target_modules: Sequence[str],
     grad_checkpoint: bool,
+    num_layers: int | None = None,
 ):
-    """Load the LLaMA folder frozen, with LoRA adapters on top when ``lora_r > 0``."""
+    """Load the LLaMA folder frozen, with LoRA adapters on top when ``lora_r > 0``.
+
+    ``num_layers`` below the folder's depth builds only the first ``num_layers`` decoder
+    layers (embeddings, final norm and LM head stay); the other layers' weights are never read.
+    """
     from transformers import AutoModelForCausalLM
 
     folder = Path(llama_model).expanduser()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.llama_model: no Hugging Face LLaMA folder at {folder} (config.json missing); "
-            "point it at your Llama-2-7b-chat-hf download"
-        )
+    depth = llm_config(llama_model).num_hidden_layers
     tokenizer = LlamaTokenizer.from_folder(folder, pad_token)
 
     kwargs: dict = {"dtype": resolve_dtype(precision)}
@@ -109,7 +166,10 @@ def load_llm(
 
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": torch.cuda.current_device()})
     with quiet_transformers():
-        llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if num_layers is None or num_layers >= depth:
+            llm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        else:
+            llm = _load_first_layers(folder, num_layers, kwargs)
     if len(tokenizer) > llm.config.vocab_size:
         raise ValueError(
             f"model.llama_model: the tokenizer in {folder} has {len(tokenizer)} pieces but the LLM only "
@@ -136,6 +196,13 @@ def load_llm(
         with quiet_transformers():
             llm = get_peft_model(llm, config)
     return llm, tokenizer
+
+
+def vision_encoder_architecture(name: str, image_size: int) -> nn.Module:
+    """The registered image encoder ``name`` on the meta device: its sizes (patch grid, width)
+    without memory or weights."""
+    with torch.device("meta"):
+        return registry.get("encoder", name)(img_size=image_size)
 
 
 def load_vision_encoder(

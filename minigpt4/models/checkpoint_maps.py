@@ -12,6 +12,10 @@ Two more layouts load by rule, everything else stays strict:
 - Upstream-only modules (:data:`UPSTREAM_ONLY`): the original model created them trainable
   and its runner saved every trainable tensor, but its forward pass never used them.  Their
   tensors are reported as "upstream-only, not used" and skipped, under ``strict`` too.
+- Parts the model was deliberately built without (a model for some feature kinds only: no
+  LLM, or only its first decoder layers): their tensors are reported as "not built for this
+  feature set" and skipped, under ``strict`` too.  Only a tensor with no place in the model
+  can be skipped so; one the model has always loads.
 - MiniGPT-v2's own checkpoint, the upstream training start point, holds ``llama_proj.*`` and
   LoRA only.  A file with none of the Emotion-LLaMA projectors (:data:`EMOTION_PROJECTORS`)
   is read as that layout: the projectors keep their fresh initialisation and are reported as
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Callable
 
 import torch
 from torch import nn
@@ -40,6 +45,7 @@ UPSTREAM_ONLY = {
                  "used in its forward pass",
 }
 UPSTREAM_ONLY_REASON = "upstream-only, not used"
+NOT_BUILT_REASON = "not built for this feature set"
 
 # Projectors Emotion-LLaMA added to MiniGPT-v2; MiniGPT-v2's own checkpoint has none of them.
 EMOTION_PROJECTORS = ("feats_llama_proj1", "feats_llama_proj2", "feats_llama_proj3", "cls_tk_llama_proj")
@@ -83,6 +89,7 @@ def load_released_state(
     what: str,
     strict: bool = True,
     start_point: bool = True,
+    not_built: Callable[[str], bool] | None = None,
 ) -> LoadReport:
     """Put a state dict in the released (or current peft) layout into ``model``'s trainables.
 
@@ -90,10 +97,15 @@ def load_released_state(
     valid training start) and by the training runner's exact resume (``start_point=False``:
     the file must hold every trainable tensor).  A wrongly shaped tensor is always an error;
     under ``strict`` so is a file tensor with no place in the model (upstream-only modules
-    excepted) and a trainable tensor the file does not provide.  Logs one summary line.
+    excepted) and a trainable tensor the file does not provide.  ``not_built(name)`` says which
+    tensors belong to parts the model was built without; those it has no place for are
+    skipped.  Logs one summary line.
     """
     mapped = released_to_model(state_dict)
     skipped = {name: UPSTREAM_ONLY_REASON for name in mapped if _module(name) in UPSTREAM_ONLY}
+    if not_built is not None:
+        own = model.state_dict()
+        skipped |= {name: NOT_BUILT_REASON for name in mapped if name not in own and not_built(name)}
     kept = {name: tensor for name, tensor in mapped.items() if name not in skipped}
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     initialised = []

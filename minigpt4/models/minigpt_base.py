@@ -63,6 +63,13 @@ def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     return resolved
 
 
+def decoder_layers_needed(layers: Sequence[int], num_layers: int) -> int:
+    """How many decoder layers, from the first, a model must build to give dump ``layers`` (see
+    :func:`resolve_layers`) of an LLM with ``num_layers``: l + 1 for layer l, so every layer
+    for the last one (-1), which is read after the final norm."""
+    return max(resolve_layers(layers, num_layers)) + 1
+
+
 def check_pools(pools: Sequence[str]) -> list[str]:
     pools = list(pools)
     bad = [p for p in pools if p not in POOL_SPANS]
@@ -90,9 +97,26 @@ def check_positions(positions: Sequence[int], length: int) -> None:
 
 
 class MiniGPTBase(BaseModel):
-    """Needs ``llama_model``, ``llama_tokenizer``, ``layout`` and ``precision`` set by subclasses."""
+    """Needs ``llama_model``, ``llama_tokenizer``, ``layout``, ``precision``, ``llm_depth`` and
+    ``llm_layers_built`` set by subclasses (``llama_model`` None when no decoder layer is built)."""
 
     legacy_generate_context: bool = False
+    llm_depth: int = 0  # decoder layers of the LLaMA folder (its config.json)
+    llm_layers_built: int = 0  # the first decoder layers this model holds (model.llm_layers)
+
+    def require_llm_layers(self, needed: int, what: str) -> None:
+        """Stop with one line when ``what`` needs more of the LLM's decoder layers than were built."""
+        if needed <= self.llm_layers_built:
+            return
+        if needed >= self.llm_depth:
+            wanted = "the whole LLM"
+        else:
+            wanted = "the LLM's first decoder layer" if needed == 1 else f"the LLM's first {needed} decoder layers"
+        built = (
+            "without the LLM" if not self.llm_layers_built
+            else f"with {self.llm_layers_built} of its {self.llm_depth} decoder layers"
+        )
+        raise ValueError(f"{what} needs {wanted}, but this model was built {built} (model.llm_layers: {self.llm_layers_built})")
 
     # ---- pieces of the wrapped LLM -------------------------------------------------------
     @property
@@ -117,10 +141,13 @@ class MiniGPTBase(BaseModel):
     def preparing_embedding(self, samples: dict, answers: Sequence[str] | None = None):
         """Visual tokens and the padded training layout ``[BOS] + prompt + answer``."""
         visual = self.encode_visual(samples["image"], samples["video_features"])
-        prompts = [self.layout.prompt_ids(text) for text in samples["instruction_input"]]
         answers = samples["answer"] if answers is None else answers
-        layout = self.layout.batch(prompts, [self.layout.answer_ids(a) for a in answers])
-        return visual, layout
+        return visual, self.text_layout(samples["instruction_input"], answers)
+
+    def text_layout(self, instructions: Sequence[str], answers: Sequence[str]) -> LayoutBatch:
+        """The padded layout ``[BOS] + wrapped prompt + answer`` of each instruction and answer."""
+        prompts = [self.layout.prompt_ids(text) for text in instructions]
+        return self.layout.batch(prompts, [self.layout.answer_ids(a) for a in answers])
 
     def _decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
         with self.maybe_autocast():
@@ -136,6 +163,7 @@ class MiniGPTBase(BaseModel):
 
     # ---- training --------------------------------------------------------------------------
     def forward(self, samples: dict) -> MiniGPTOutput:
+        self.require_llm_layers(self.llm_depth, "the training loss")
         visual, layout = self.preparing_embedding(samples)
         embeds = self.embed_layout(layout, visual.sequence())
         hidden = self._decode(embeds, layout.attention_mask).last_hidden_state
@@ -159,6 +187,7 @@ class MiniGPTBase(BaseModel):
         """
         from transformers import DynamicCache
 
+        self.require_llm_layers(self.llm_depth, "scoring answers")
         visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
         layout = self.layout.batch([self.layout.prompt_ids(t) for t in samples["instruction_input"]], left_pad=True)
         embeds = self.embed_layout(layout, visual)
@@ -210,14 +239,19 @@ class MiniGPTBase(BaseModel):
         decoder runs on the first max(positions) + 1 positions (or up to the end of the last
         pooled span) and never computes logits.  Forward hooks reduce each requested layer's
         output as it is produced, so memory holds only what is kept, never every layer.
+
+        Layers count in the whole LLM (the folder's depth) also when only its first k decoder
+        layers were built (``model.llm_layers``): such a model serves the layers below k, and
+        its layer k - 1 is that decoder layer's output, never the final norm's.
         """
+        wanted = resolve_layers(layers, self.llm_depth)
+        self.require_llm_layers(max(wanted) + 1, f"model.llama_feature_layers {list(layers)}")
         check_positions(positions, embeds.shape[1])
         keep = forward_length(positions, pool_weights)
         if pool_weights is not None:
             pool_weights = pool_weights[..., :keep].to(embeds.device, torch.float32)
         decoder = self.causal_lm.model
-        wanted = resolve_layers(layers, len(decoder.layers))
-        last = len(decoder.layers) - 1
+        last = self.llm_depth - 1
         selected, pooled = {}, {}
 
         def keep_states(layer: int):
@@ -265,12 +299,17 @@ class MiniGPTBase(BaseModel):
 
     def feature_forward_length(self, instruction: str, positions: Sequence[int], pools: Sequence[str]) -> int:
         """How many input tokens the dump's forward covers (a ``prompt`` pool needs all of them)."""
-        layout = self.layout.batch([self.layout.prompt_ids(instruction)], [self.layout.answer_ids("")])
+        layout = self.dump_layout([instruction])
         return forward_length(positions, self.span_weights(layout, pools) if pools else None)
 
     def feature_layout(self, samples: dict) -> tuple[VisualTokens, LayoutBatch]:
         """Visual tokens and the dump's input: ``[BOS] + wrapped prompt + answer ""``."""
-        return self.preparing_embedding(samples, answers=[""] * len(samples["instruction_input"]))
+        visual = self.encode_visual(samples["image"], samples["video_features"])
+        return visual, self.dump_layout(samples["instruction_input"])
+
+    def dump_layout(self, instructions: Sequence[str]) -> LayoutBatch:
+        """The dump's input of each instruction: ``[BOS] + wrapped prompt + answer ""`` (the end symbol)."""
+        return self.text_layout(instructions, [""] * len(instructions))
 
     # ---- generation ------------------------------------------------------------------------
     def generation_layout(self, instructions: Sequence[str]) -> LayoutBatch:
@@ -287,6 +326,7 @@ class MiniGPTBase(BaseModel):
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        self.require_llm_layers(self.llm_depth, "generation")
 
         visual = self.encode_visual(samples["image"], samples["video_features"]).sequence()
         layout = self.generation_layout(samples["instruction_input"])

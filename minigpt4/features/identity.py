@@ -31,6 +31,7 @@ NOT_IDENTITY = (
     "llama_model", "vit_checkpoint", "ckpt",  # paths: the files count by content, under "weights"
     "low_resource", "trust_checkpoint", "strict_ckpt", "use_grad_checkpoint", "llm_grad_checkpoint",
     "drop_path_rate", "freeze_vit", "precision", "legacy_generate_context", "device",
+    "build_vision", "llm_layers",  # which parts are built changes which features exist, not their values
 )
 WEIGHT_KEYS = ("llama_model", "vit_checkpoint", "ckpt")
 LLAMA_FILES = (".safetensors", ".bin", ".json", ".model")  # weights, configs, the tokenizer

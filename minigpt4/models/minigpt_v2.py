@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from minigpt4.common.checkpoint_io import LoadReport, load_checkpoint, unwrap_state_dict
 from minigpt4.common.config import ConfigError
@@ -256,8 +257,16 @@ class MiniGPTv2(MiniGPTBase):
         (index 0 FaceMAE, 1 VideoMAE, 2 audio).  Needs the projectors only."""
         if not 0 <= index < self.num_video_streams:
             raise ValueError(f"stream {index} is not one of this model's {self.num_video_streams} streams (model.num_video_streams)")
+        projector = self.stream_projectors[index]
+        if self.compute_dtype == torch.float32:
+            # Features in fp32 are computed in float64 and rounded once: a float32 matmul rounds
+            # differently for one row than for a batch of them (another BLAS kernel), so a clip's
+            # projection would depend on the batch it was dumped in, and a detector applied to one
+            # window at a time would not reproduce its row of the dump.
+            weight, bias = projector.weight.double(), projector.bias.double()
+            return F.linear(vectors.to(self.device, torch.float64), weight, bias).float()
         with self.maybe_autocast():
-            return self.stream_projectors[index](vectors.to(self.device, torch.float32))
+            return projector(vectors.to(self.device, torch.float32))
 
     def project_streams(self, video_features: torch.Tensor) -> torch.Tensor:
         """``video_features`` [B, 3, D] -> the projected streams [B, S, H] (S = model.num_video_streams)."""

@@ -26,8 +26,11 @@ from torch import nn
 
 from minigpt4.probe.config import GRUConfig, ProbeConfig
 from minigpt4.probe.context import PAD
-from minigpt4.probe.fitting import FoldFit, inner_splits
+from minigpt4.probe.fitting import RANK_TOLERANCE, FoldFit, inner_splits
 from minigpt4.probe.metrics import fold_metrics
+
+
+SPREAD_FLOOR = 1e-3  # of the largest component's spread: the smallest an input is divided by
 
 
 class WindowGRU(nn.Module):
@@ -81,10 +84,14 @@ class WindowInputs:
         scaler = StandardScaler().fit(X[train_rows])
         dim = min(dim, len(train_rows), X.shape[1])
         pca = PCA(n_components=dim, svd_solver="full").fit(scaler.transform(X[train_rows]))
-        inputs = cls(scaler.mean_, scaler.scale_, pca.mean_, pca.components_, np.ones(dim))
+        # components without variance (n rows span at most n - 1 directions) would scale rounding noise up
+        kept = pca.explained_variance_ > pca.explained_variance_.max() * RANK_TOLERANCE
+        inputs = cls(scaler.mean_, scaler.scale_, pca.mean_, pca.components_[kept], np.ones(int(kept.sum())))
         changes, present = inputs.changes(X, windows[train_rows])
         counts = np.maximum(np.broadcast_to(present, changes.shape).sum(axis=(0, 1)), 1)
-        inputs.spread = np.maximum(np.sqrt((changes**2).sum(axis=(0, 1)) / counts), 1e-12)
+        spread = np.sqrt((changes**2).sum(axis=(0, 1)) / counts)
+        # a component that hardly changes within windows is not blown up to unit spread
+        inputs.spread = np.maximum(spread, spread.max() * SPREAD_FLOOR)
         return inputs
 
     def changes(self, X: np.ndarray, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

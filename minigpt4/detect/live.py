@@ -103,10 +103,17 @@ def open_live(cfg, stop: threading.Event):
     """The live source as a PyAV container (and what to close after it)."""
     path, fmt = cfg.input.path, cfg.input.format
     options = {str(k): str(v) for k, v in (cfg.input.options or {}).items()}
+    is_file = fmt is None and path != "-" and "://" not in path
+    if is_file:  # a recording that is about to start: wait for its file
+        waited = time.monotonic()
+        while not Path(path).exists() and time.monotonic() - waited < cfg.live.stall_s:
+            time.sleep(POLL_S)
+        if not Path(path).is_file():
+            raise ClipReadError("input.path", path, f"no such file (waited {cfg.live.stall_s} s for it to appear: live.stall_s)")
     try:
         if path == "-":
             return av.open(sys.stdin.buffer, mode="r", format=fmt, options=options), None
-        if fmt is None and Path(path).is_file():
+        if is_file:
             growing = GrowingFile(Path(path), cfg.live.stall_s, stop)
             return av.open(growing, mode="r", options=options), growing
         return av.open(path, mode="r", format=fmt, options=options, timeout=cfg.live.stall_s), None
@@ -212,6 +219,9 @@ class LiveReader(threading.Thread):
         keep = cfg.window.short_last == "keep"
         self.assembler = WindowAssembler(cfg.window.length_s, cfg.window.hop_s, keep, audio_rate)
         self.container, self.closer = open_live(cfg, stop)  # in the caller's thread: a bad source fails there
+        # a growing file ends itself after stall_s without growth; other sources block in a read,
+        # so the processor watches them
+        self.ends_itself = isinstance(self.closer, GrowingFile)
         if not self.container.streams.video:
             kinds = sorted({s.type for s in self.container.streams}) or ["nothing"]
             raise ClipReadError("input.path", cfg.input.path, f"the source has no video stream (it holds: {', '.join(kinds)})")
@@ -304,13 +314,15 @@ def follow(cfg, detector, parts, face_detector, out: Path) -> RecordingSummary:
             try:
                 item = windows.get(timeout=POLL_S)
             except queue.Empty:
-                if time.monotonic() - reader.last_data > cfg.live.stall_s:
+                if not reader.ends_itself and time.monotonic() - reader.last_data > cfg.live.stall_s:
                     ended = f"the source delivered nothing for {cfg.live.stall_s} s (live.stall_s)"
                     break
                 continue
             if isinstance(item, SourceEnded):
                 if item.error is not None:
                     raise item.error
+                if reader.ends_itself:
+                    ended = f"the file grew no more for {cfg.live.stall_s} s (live.stall_s): taken as finished"
                 break
             if cfg.live.behind == "drop" and windows.qsize() > cfg.live.max_queue:
                 item = _skip_to_newest(item, windows, summary)

@@ -79,12 +79,14 @@ class VideoSource:
         if self.path.stat().st_size == 0:
             raise self._error("the video file is empty (0 bytes)")
         self.rotation = self._probe_rotation()
-        if self.rotation:
-            self._pts, self._time_base = self._demux_pts()
-            self.timestamps = self._pts * float(self._time_base)
-        else:
+        self._pts, self._time_base = self._demux_pts()
+        # each frame's time exactly as PyAV gives it while decoding (pts x time base, rounded
+        # once), so a stream read live cuts the same windows and interpolates the same faces
+        self.timestamps = np.array([float(pts * self._time_base) for pts in self._pts.tolist()], dtype=np.float64)
+        if not self.rotation:
             self._reader = self._open_decord()
-            self.timestamps = self._reader.get_frame_timestamp(np.arange(len(self._reader)))[:, 0].astype(np.float64)
+            if len(self._reader) != len(self.timestamps):  # decord counts frames its own way: keep its times
+                self.timestamps = self._reader.get_frame_timestamp(np.arange(len(self._reader)))[:, 0].astype(np.float64)
         if len(self.timestamps) == 0:
             raise self._error("the video has no frames")
 

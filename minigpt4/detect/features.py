@@ -65,9 +65,11 @@ class FeatureParts:
         self.faces = face_pipeline_config(recorded_faces, cfg.faces, where="detect.faces")
         self.leaves = [fs for fs in detector.sets.values() if fs.kind not in ("concat", "context", "sequence")]
         self.encoders, self.encoder_settings = {}, {}
+        self.model_cfg, self.model = self.model_config(cfg), None
+        self.check_identity()  # the weight files by content, before anything is built from them
         for stream in self.needs["streams"]:
             self._build_encoder(stream, cfg)
-        self.model = self._build_model(cfg)
+        self.model = self._build_model()
         processor = self.identity.get("image_processor")
         self.image_processor = (
             registry.get("processor", processor["name"]).from_config(OmegaConf.create(processor))
@@ -119,12 +121,11 @@ class FeatureParts:
             raise ConfigError(f"detect.model: unknown key(s) {unknown}; the detector's model config has {', '.join(recorded)}")
         return {**recorded, **cfg.model}
 
-    def _build_model(self, cfg):
-        model_cfg = self.model_config(cfg)
+    def _build_model(self):
+        model_cfg = dict(self.model_cfg)
         layers = decoder_layers_needed(self.needs["llm_layers"], self._llm_depth(model_cfg)) if self.needs["llm"] else 0
         model_cfg |= {"build_vision": self.needs["vision"] or self.needs["llm"], "llm_layers": layers,
                       "llama_feature_layers": self.needs["llm_layers"] or [-1]}
-        self.model_cfg = model_cfg
         if not model_cfg.get("ckpt"):  # projectors drawn from the seed after the whole model: build it whole
             logger.warning("model.ckpt is empty: the projectors are drawn at random from seed %s after the vision encoder and "
                            "the LLM, as the dump drew them, so both are built", self.identity["seed"])
@@ -141,14 +142,18 @@ class FeatureParts:
 
     # ---- identity --------------------------------------------------------------------------------
     def current_identity(self) -> dict:
-        """This config's parts described as :func:`~minigpt4.features.identity.dump_identity` describes a dump."""
-        model_cfg = {key: value for key, value in self.model_cfg.items() if key not in ("build_vision", "llm_layers")}
-        model_cfg["llama_feature_layers"] = self.detector.info["model_config"].get("llama_feature_layers", [-1])
+        """This config's parts described as :func:`~minigpt4.features.identity.dump_identity`
+        describes a dump; before the parts are built, the recorded encoders and positions stand
+        in for theirs (only the files and the config are compared then)."""
+        model_cfg = dict(self.model_cfg)
         identity = {
             "model": model_identity(model_cfg),
             "weights": weight_identity(model_cfg),
             "seed": self.identity["seed"],
-            "encoders": {stream: self.encoder_settings.get(stream) for stream in STREAMS[: self.identity["num_video_streams"]]},
+            "encoders": {
+                stream: self.encoder_settings.get(stream, self.identity["encoders"].get(stream))
+                for stream in STREAMS[: self.identity["num_video_streams"]]
+            },
             "instruction": self.identity["instruction"],
             "image_processor": self.identity["image_processor"],
             "positions": self.identity["positions"],
@@ -157,7 +162,7 @@ class FeatureParts:
             "num_video_streams": model_cfg.get("num_video_streams", 2),
             "dtype": self.identity["dtype"],
         }
-        if self.needs["llm"]:
+        if self.needs["llm"] and self.model is not None:
             instruction = self.identity["instruction"]
             resolved = self.model.feature_positions(instruction)
             identity["positions"] = [{"name": p.name, "index": p.index, "token": p.token} for p in resolved]

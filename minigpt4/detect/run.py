@@ -142,8 +142,8 @@ def detect(cfg: DetectConfig) -> DetectSummary:
 
 def _detect(cfg: DetectConfig) -> DetectSummary:
     detector = Detector.load(cfg.detector)
-    parts = FeatureParts(detector, cfg)  # builds what the set needs; refuses another identity
-    parts.check_identity()
+    parts = FeatureParts(detector, cfg)  # checks the weight files, builds what the set needs
+    parts.check_identity()  # and what it built
     out = Path(cfg.output_dir)
     if cfg.live.follow:
         return _follow(cfg, detector, parts, out)

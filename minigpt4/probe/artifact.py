@@ -152,7 +152,7 @@ def platt(scores: np.ndarray, y: np.ndarray) -> dict:
     target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     z = logit(scores)[:, None]
     # soft targets as two weighted copies of every row: label 1 with weight t, label 0 with 1 - t
-    fitted = LogisticRegression(penalty=None, solver="lbfgs", max_iter=1000).fit(
+    fitted = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(
         np.concatenate([z, z]), np.r_[np.ones(len(y)), np.zeros(len(y))], sample_weight=np.r_[target, 1 - target]
     )
     a, b = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])

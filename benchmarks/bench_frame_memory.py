@@ -21,23 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (
-    REPO_ROOT,
-    format_table,
-    machine_info,
-    peak_memory_since_reset_mib,
-    reset_peak_memory,
-    rss_mib,
-    write_result,
-)
-from minigpt4.datasets.frames import open_clip_frames
-from minigpt4.features.encoder_extract import frames_to_model_input
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MODES = ("resized-while-decoding", "full-size-then-resized")
 # What tests/test_benchmarks.py runs: two small frames, seconds.
 SMOKE_ARGS = ["--frames", "2", "--side", "300"]
@@ -45,7 +30,14 @@ SMOKE_ARGS = ["--frames", "2", "--side", "300"]
 
 def measure(clip: Path, mode: str, img_size: int, pixels_out: Path) -> dict:
     """Runs in the worker process: read the clip one way, report the peak; the encoder input
-    is saved to ``pixels_out`` (after the peak is read) for the comparison of the modes."""
+    is saved to ``pixels_out`` (after the peak is read) for the comparison of the modes.
+    The libraries are imported here, before the peak is reset: the parent stays light."""
+    import torch
+
+    from benchmarks.common import machine_info, peak_memory_since_reset_mib, reset_peak_memory, rss_mib
+    from minigpt4.datasets.frames import open_clip_frames
+    from minigpt4.features.encoder_extract import frames_to_model_input
+
     if not reset_peak_memory(torch.device("cpu")):
         raise SystemExit("needs Linux (/proc/self/clear_refs) to reset the peak")
     before = rss_mib()
@@ -57,7 +49,7 @@ def measure(clip: Path, mode: str, img_size: int, pixels_out: Path) -> dict:
         pixels = frames_to_model_input(frames.read(indices), img_size)
     peak = peak_memory_since_reset_mib(torch.device("cpu")) - before
     np.save(pixels_out, pixels.numpy())
-    return {"mode": mode, "input_shape": list(pixels.shape), "peak_mib": peak}
+    return {"mode": mode, "input_shape": list(pixels.shape), "peak_mib": peak, "machine": machine_info("cpu")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,14 +80,15 @@ def main(argv: list[str] | None = None) -> None:
             results.append(json.loads(subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout))
         inputs = [np.load(Path(tmp) / f"{mode}.npy") for mode in MODES]
     difference = float(np.abs(inputs[0] - inputs[1]).max())
-    print(format_table(results, [("mode", "mode", ""), ("peak MiB added by reading", "peak_mib", ".0f")]))
+    print("| mode | peak MiB added by reading |\n| --- | --- |")
+    for result in results:
+        print(f"| {result['mode']} | {result['peak_mib']:.0f} |")
     # the same resize function of the same frames: nothing may differ
     agreed = {"what": "encoder input", "max_abs_diff": difference, "tolerance": 0.0, "agree": difference == 0.0}
     print(f"encoder inputs of the two modes: {'agree' if agreed['agree'] else 'DIFFER'}, max |difference| {difference:.3g}")
     if args.json:
-        report = {"frames": args.frames, "side": args.side, "clip_mib": clip_mib, "results": results,
-                  "agreement": [agreed], "machine": machine_info("cpu")}
-        write_result(args.json, report)
+        report = {"frames": args.frames, "side": args.side, "clip_mib": clip_mib, "results": results, "agreement": [agreed]}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

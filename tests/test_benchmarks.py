@@ -37,7 +37,8 @@ SCRIPTS = sorted(path.stem for path in BENCHMARKS.glob("bench_*.py"))
 COMPARING = {"bench_extract", "bench_train", "bench_frame_memory"}
 RUN_TIMEOUT_S = 600  # a smoke run takes seconds; this only stops a hang
 PARALLEL_RUNS = 2  # the CI machine's cores
-TABLE_RULE = re.compile(r"^-+(?: +-+)+ *$", re.MULTILINE)  # the dashes under a table's header
+# the line under a table's header: format_table's dashes, or a Markdown table's | --- |
+TABLE_RULE = re.compile(r"^(?:-+(?: +-+)+|\|(?: *-{3,} *\|)+) *$", re.MULTILINE)
 
 
 def smoke_args(script: str) -> list[str]:

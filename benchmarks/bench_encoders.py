@@ -19,18 +19,23 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import av
 import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
+from benchmarks.common import format_table, machine_info, write_result
 from minigpt4.common.registry import registry
 from minigpt4.features.audio_extract import extract_audio_features
 from minigpt4.features.encoder_extract import extract_face_mae_features, extract_video_mae_features
@@ -50,6 +55,8 @@ HUBERT_PRESETS = {
     "full": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 AUDIO_RATE = 16_000
+# What tests/test_benchmarks.py runs: the tiny preset, small enough for seconds.
+SMOKE_ARGS = ["--preset", "tiny", "--clips", "2", "--frames_per_clip", "4", "--audio_seconds", "1", "--batch_size", "2"]
 
 
 @dataclass
@@ -155,24 +162,16 @@ def run_audio(args: argparse.Namespace, device: torch.device) -> Result:
     return Result(name, str(device), args.batch_size, args.clips, f"{args.audio_seconds:g} s", seconds, peak, kind)
 
 
-def print_table(results: list[Result]) -> None:
-    header = ("encoder", "device", "batch", "clips", "clip length", "clips/s", "peak MiB", "memory")
-    rows = [
-        (
-            r.encoder,
-            r.device,
-            str(r.batch_size),
-            str(r.clips),
-            r.clip_length,
-            f"{r.clips_per_second:.2f}",
-            f"{r.peak_mib:.0f}",
-            r.memory_kind,
-        )
-        for r in results
-    ]
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+COLUMNS = [
+    ("encoder", "encoder", ""),
+    ("device", "device", ""),
+    ("batch", "batch_size", "d"),
+    ("clips", "clips", "d"),
+    ("clip length", "clip_length", ""),
+    ("clips/s", "clips_per_second", ".2f"),
+    ("peak MiB", "peak_mib", ".0f"),
+    ("memory", "memory_kind", ""),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio_seconds", type=float, default=10.0, help="length of each generated sound clip")
     parser.add_argument("--batch_size", type=int, default=4, help="clips per forward pass")
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if args.preset == "full" and torch.cuda.is_available() else "cpu"
@@ -197,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"preset {args.preset}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     if torch.device(args.device).type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(torch.device(args.device))}")
-    print_table(results)
+    rows = [{**asdict(r), "clips_per_second": r.clips_per_second} for r in results]
+    print(format_table(rows, COLUMNS))
+    if args.json:
+        write_result(args.json, {"preset": args.preset, "results": rows, "machine": machine_info(args.device)})
 
 
 if __name__ == "__main__":

@@ -29,13 +29,20 @@ Presets:
 Peak memory: on the CPU the worker's peak resident memory (max RSS), and the peak above what
 the loaded model occupies ("working" = peak during extraction minus resident memory before
 it); on a GPU ``torch.cuda.max_memory_allocated``.  Timings exclude loading and one warm-up
-batch; each method dumps every clip ``--repeats`` times and the fastest pass counts.
+batch; each method dumps every clip ``--repeats`` times and the fastest pass counts.  The
+worker's CPU time per pass (all threads) is reported beside the wall time: where other jobs
+share the cores it moves far less than wall time does.
+
+Agreement: each method's last pass is kept, and every array the original writes is compared
+with the same file of ours (both float16): the largest absolute difference must stay within
+a tolerance relative to the largest value (``AGREEMENT_RTOL``, by the model's precision).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -67,6 +74,15 @@ from benchmarks.common import (
 )
 
 METHODS = ("original", "ours")
+# What tests/test_benchmarks.py runs: the tiny preset, small enough for seconds.
+SMOKE_ARGS = ["--preset", "tiny", "--clips", "4", "--batch-size", "2", "--repeats", "1"]
+# The feature kinds the original writes; ours writes them under the same names (SPEC section 7).
+COMPARED_KINDS = ("facemae_projected_features", "videomae_projected_features", "image_projected_features", "llama_features")
+# Largest |ours - original| over the largest |original| of a kind.  fp32: both files are
+# float16, so a value computed a hair differently (batch 8 vs 1, a prefix vs the full
+# sequence) may round to the neighbouring float16, 2**-10 of it; half precision also rounds
+# inside the model.
+AGREEMENT_RTOL = {"fp32": 2e-3, "half": 5e-2}
 SCALE_CLIPS = (200, 2000)
 SCALE_TOLERANCE = 0.10  # acceptance: peak resident memory at 2000 clips within 10% of 200
 WORKER_TIMEOUT_S = 3600
@@ -179,24 +195,28 @@ def load_for_benchmark(cfg_path: Path, preset: Preset):
 
 def original_dump(model, loader, out_dir: Path) -> int:
     """The upstream method (for comparison only): batch 1, full-sequence causal-LM forward
-    with all hidden states and the logits, results collected in lists, stacked at the end."""
-    positions = list(model.llama_feature_positions)
-    results = {"facemae": [], "videomae": [], "image": [], "llama": []}
+    with all hidden states and the logits, results collected in lists, stacked at the end.
+
+    It reads the positions the model resolves for the batch's instruction (names such as
+    ``image:2`` become indices there) and the last hidden state (after the final norm), the
+    one layer the upstream dump had and the benchmark's configs leave as the model's default."""
+    results = {kind: [] for kind in COMPARED_KINDS}
     for batch in loader:
+        positions = model.batch_feature_positions(batch["instruction_input"])
         visual, layout = model.feature_layout(batch)
         embeds = model.embed_layout(layout, visual.sequence())
         with model.maybe_autocast():
             output = model.llama_model(
                 inputs_embeds=embeds, attention_mask=layout.attention_mask.to(model.device), output_hidden_states=True
             )
-        results["facemae"].append(visual.streams[:, 0].float().cpu().numpy())
-        results["videomae"].append(visual.streams[:, 1].float().cpu().numpy())
-        results["image"].append(visual.image.float().cpu().numpy())
-        results["llama"].append(output.hidden_states[-1][:, positions].float().cpu().numpy())
+        results["facemae_projected_features"].append(visual.streams[:, 0].float().cpu().numpy())
+        results["videomae_projected_features"].append(visual.streams[:, 1].float().cpu().numpy())
+        results["image_projected_features"].append(visual.image.float().cpu().numpy())
+        results["llama_features"].append(output.hidden_states[-1][:, positions].float().cpu().numpy())
     out_dir.mkdir(parents=True, exist_ok=True)
     for kind, arrays in results.items():
         np.save(out_dir / f"{kind}.npy", np.concatenate(arrays).astype(np.float16))
-    return sum(len(array) for array in results["llama"])
+    return sum(len(array) for array in results["llama_features"])
 
 
 def streamed_dump(model, dataset, cfg, section, out_dir: Path, batch_size: int) -> int:
@@ -211,9 +231,10 @@ def streamed_dump(model, dataset, cfg, section, out_dir: Path, batch_size: int) 
     return writer.finish()["rows"]
 
 
-def measure(method: str, preset_name: str, cfg_path: Path, repeats: int) -> dict:
+def measure(method: str, preset_name: str, cfg_path: Path, repeats: int, out_dir: Path) -> dict:
     """Load once, warm up on one batch, then time ``repeats`` whole dumps; the best counts
-    (other load on the machine only ever slows a pass down)."""
+    (other load on the machine only ever slows a pass down).  The last pass's files stay in
+    ``out_dir``."""
     from minigpt4.runners.common import row_loader
 
     preset = PRESETS[preset_name]
@@ -228,18 +249,19 @@ def measure(method: str, preset_name: str, cfg_path: Path, repeats: int) -> dict
         resident_before = memory_in_use_mib(device)
         load_peak = max_rss_mib()  # read before the reset, which also lowers getrusage's answer
         peak_reset = reset_peak_memory(device)
-        passes = []
+        passes, cpu_passes = [], []
         for _ in range(repeats):
-            with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
-                _synchronize(device)
-                start = time.perf_counter()
-                if method == "original":
-                    loader = row_loader(dataset, range(len(dataset)), 1, cfg.run_cfg.num_workers)
-                    clips = original_dump(model, loader, Path(tmp))
-                else:
-                    clips = streamed_dump(model, dataset, cfg, section, Path(tmp), batch_size)
-                _synchronize(device)
-                passes.append(time.perf_counter() - start)
+            shutil.rmtree(out_dir, ignore_errors=True)  # every pass dumps into a new folder
+            _synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            if method == "original":
+                loader = row_loader(dataset, range(len(dataset)), 1, cfg.run_cfg.num_workers)
+                clips = original_dump(model, loader, out_dir)
+            else:
+                clips = streamed_dump(model, dataset, cfg, section, out_dir, batch_size)
+            _synchronize(device)
+            passes.append(time.perf_counter() - start)
+            cpu_passes.append(time.process_time() - cpu_start)
         peak = peak_memory_since_reset_mib(device) if peak_reset else None
     return {
         "method": method,
@@ -249,7 +271,11 @@ def measure(method: str, preset_name: str, cfg_path: Path, repeats: int) -> dict
         "seconds": min(passes),
         "seconds_per_pass": passes,
         "samples_per_s": clips / min(passes),
+        # this process's CPU time, all threads: on a CPU run barely moved by other work on the machine
+        "cpu_seconds": min(cpu_passes),
+        "cpu_seconds_per_pass": cpu_passes,
         "load_seconds": load_seconds,
+        "precision": str(model.compute_dtype).removeprefix("torch."),  # what ran: a CPU runs fp32
         "memory_kind": "CUDA max allocated" if device.type == "cuda" else "max RSS",
         "peak_mib": peak if device.type == "cuda" else max(load_peak, peak or 0.0, max_rss_mib()),
         "working_mib": None if peak is None or resident_before is None else peak - resident_before,
@@ -265,10 +291,25 @@ def _synchronize(device: torch.device) -> None:
 # ---------------------------------------------------------------------------------- reports (parent)
 
 
-def run_measurement(method: str, preset_name: str, cfg_path: Path, repeats: int) -> dict:
+def run_measurement(method: str, preset_name: str, cfg_path: Path, repeats: int, out_dir: Path) -> dict:
     """:func:`measure` in a fresh worker process."""
     argv = ["--worker", method, "--preset", preset_name, "--cfg", str(cfg_path), "--repeats", str(repeats)]
-    return run_worker("benchmarks.bench_extract", argv, WORKER_TIMEOUT_S)
+    return run_worker("benchmarks.bench_extract", [*argv, "--out", str(out_dir)], WORKER_TIMEOUT_S)
+
+
+def agreement(original_dir: Path, ours_dir: Path, precision: str) -> list[dict]:
+    """Per feature kind: the largest |ours - original| against the tolerance for ``precision``."""
+    rtol = AGREEMENT_RTOL["fp32" if precision == "float32" else "half"]
+    rows = []
+    for kind in COMPARED_KINDS:
+        original = np.load(original_dir / f"{kind}.npy").astype(np.float32)
+        ours = np.load(ours_dir / f"{kind}.npy").astype(np.float32)
+        if ours.shape != original.shape:
+            raise RuntimeError(f"{kind}: ours has shape {ours.shape}, the original {original.shape}")
+        tolerance = rtol * float(np.abs(original).max())
+        difference = float(np.abs(ours - original).max())
+        rows.append({"what": kind, "max_abs_diff": difference, "tolerance": tolerance, "agree": difference <= tolerance})
+    return rows
 
 
 COLUMNS = [
@@ -277,6 +318,7 @@ COLUMNS = [
     ("batch", "batch_size", "d"),
     ("seconds", "seconds", ".2f"),
     ("samples/s", "samples_per_s", ".3f"),
+    ("CPU s", "cpu_seconds", ".2f"),
     ("peak MiB", "peak_mib", ".0f"),
     ("working MiB", "working_mib", ".1f"),
 ]
@@ -285,9 +327,13 @@ COLUMNS = [
 def compare(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         cfg_path = prepare_run(args.preset, args.clips, args.batch_size, args.device, Path(tmp))
-        results = [run_measurement(method, args.preset, cfg_path, args.repeats) for method in METHODS]
+        outputs = {method: Path(tmp) / "dumps" / method for method in METHODS}
+        results = [run_measurement(method, args.preset, cfg_path, args.repeats, outputs[method]) for method in METHODS]
+        agreed = agreement(outputs["original"], outputs["ours"], results[0]["precision"])
     by_method = {r["method"]: r for r in results}
     speedup = by_method["ours"]["samples_per_s"] / by_method["original"]["samples_per_s"]
+    # both dump the same clips, so the CPU seconds compare directly
+    cpu_speedup = by_method["original"]["cpu_seconds"] / by_method["ours"]["cpu_seconds"]
     machine = results[0]["machine"]
     loads = ", ".join(f"{r['machine']['load_average_1min']:.1f}" for r in results if r["machine"]["load_average_1min"])
     print(
@@ -296,7 +342,12 @@ def compare(args) -> dict:
     )
     print(format_table(results, COLUMNS))
     print(f"speed-up (ours / original samples/s): {speedup:.2f}x (best of {args.repeats} passes each)")
-    return {"preset": args.preset, "results": results, "speedup": speedup}
+    if machine["device"] == "cpu":
+        print(f"speed-up in CPU time (original / ours CPU s): {cpu_speedup:.2f}x (the fair one when other work shares the cores)")
+    for row in agreed:
+        verdict = "agree" if row["agree"] else "DIFFER"
+        print(f"{row['what']}: {verdict}, max |ours - original| {row['max_abs_diff']:.3g} (tolerance {row['tolerance']:.3g})")
+    return {"preset": args.preset, "results": results, "speedup": speedup, "cpu_speedup": cpu_speedup, "agreement": agreed}
 
 
 def scale(args) -> dict:
@@ -305,7 +356,7 @@ def scale(args) -> dict:
     for clips in SCALE_CLIPS:
         with tempfile.TemporaryDirectory(prefix="bench_extract_scale_") as tmp:
             cfg_path = prepare_run("tiny", clips, args.batch_size, "cpu", Path(tmp))
-            results.append(run_measurement("ours", "tiny", cfg_path, repeats=1))
+            results.append(run_measurement("ours", "tiny", cfg_path, 1, Path(tmp) / "dump"))
     small, large = results
     growth = large["peak_mib"] / small["peak_mib"] - 1
     print(f"\nscale check (tiny, ours) on {small['machine']['cpu']}")
@@ -336,6 +387,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--cfg", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # the worker's last pass stays here
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -348,7 +400,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        write_result(args.result, measure(args.worker, args.preset, args.cfg, args.repeats))
+        write_result(args.result, measure(args.worker, args.preset, args.cfg, args.repeats, args.out))
         return
     report = scale(args) if args.scale else compare(args)
     if args.json:

@@ -29,13 +29,38 @@ import torch
 if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import load_script, machine_info
+from benchmarks.common import format_table, load_script, machine_info, write_result
 from minigpt4.prepare.align import align_faces
 from minigpt4.prepare.config import load_prepare_config
 from minigpt4.prepare.decode import VideoSource, read_in_chunks
 from minigpt4.prepare.detect import MTCNNDetector
 from minigpt4.prepare.run import prepare
 from minigpt4.prepare.write import ClipOutput, PreparedLayout
+
+# What tests/test_benchmarks.py runs: a short, small video (the face still found and tracked), seconds.
+SMOKE_ARGS = [
+    "--frames", "24", "--height", "180", "--width", "320", "--min_face_size", "20", "--batch_size", "8",
+    "--detect_every", "1", "--threads", "1",
+]
+STAGE_COLUMNS = [
+    ("torch threads", "threads", "d"),
+    ("decode fps", "decode_fps", ".1f"),
+    ("detect fps", "detect_fps", ".1f"),
+    ("align fps", "align_fps", ".1f"),
+    ("write fps", "write_fps", ".1f"),
+]
+END_TO_END_COLUMNS = [
+    ("torch threads", "threads", "d"),
+    ("detect_every", "detect_every", "d"),
+    ("decoded", "frames_decoded", "d"),
+    ("detected", "frames_detected", "d"),
+    ("written", "frames_written", "d"),
+    ("s", "seconds", ".1f"),
+    ("written fps", "written_fps", ".1f"),
+    ("detected fps", "detected_fps", ".1f"),
+    ("CPU s", "cpu_seconds", ".1f"),
+    ("written per CPU s", "written_per_cpu_s", ".1f"),
+]
 
 
 def write_test_video(path: Path, frames: int, height: int, width: int, fps: int) -> None:
@@ -52,11 +77,7 @@ def write_test_video(path: Path, frames: int, height: int, width: int, fps: int)
     sessions.write_video(path, np.stack(images), fps=fps)
 
 
-def rate(count: int, seconds: float) -> str:
-    return f"{count / seconds:7.1f}"
-
-
-def bench_stages(video: Path, out: Path, args) -> None:
+def bench_stages(video: Path, out: Path, args) -> dict:
     source = VideoSource(video, "bench")
     indices = list(range(source.num_frames))
     start = time.perf_counter()
@@ -83,11 +104,10 @@ def bench_stages(video: Path, out: Path, args) -> None:
     output.commit(faces[0], {})
     write_s = time.perf_counter() - start
     n = len(frames)
-    print(f"  decode  {rate(n, decode_s)} frames/s   detect {rate(n, detect_s)} frames/s   "
-          f"align {rate(n, align_s)} frames/s   write {rate(n, write_s)} frames/s")
+    return {"decode_fps": n / decode_s, "detect_fps": n / detect_s, "align_fps": n / align_s, "write_fps": n / write_s}
 
 
-def bench_end_to_end(video_dir: Path, out: Path, detect_every: int, args) -> None:
+def bench_end_to_end(video_dir: Path, out: Path, detect_every: int, args) -> dict:
     options = [
         f"input.videos={video_dir}",
         f"output={out}",
@@ -100,12 +120,17 @@ def bench_end_to_end(video_dir: Path, out: Path, detect_every: int, args) -> Non
     start, start_cpu = time.perf_counter(), time.process_time()
     summary = prepare(load_prepare_config(None, options))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    print(
-        f"  end to end, detect_every {detect_every}: {rate(summary.frames_written, seconds)} frames/s written "
-        f"({summary.frames_decoded} decoded, {summary.frames_detected} detected = "
-        f"{rate(summary.frames_detected, seconds)} detected/s, {seconds:.1f} s); "
-        f"per CPU second: {rate(summary.frames_written, cpu_seconds)} frames ({cpu_seconds:.1f} CPU s)"
-    )
+    return {
+        "detect_every": detect_every,
+        "frames_decoded": summary.frames_decoded,
+        "frames_detected": summary.frames_detected,
+        "frames_written": summary.frames_written,
+        "seconds": seconds,
+        "written_fps": summary.frames_written / seconds,
+        "detected_fps": summary.frames_detected / seconds,
+        "cpu_seconds": cpu_seconds,
+        "written_per_cpu_s": summary.frames_written / cpu_seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,8 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detect_every", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()], help="torch threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    print(f"machine: {machine_info(args.device)}")
+    machine = machine_info(args.device)
+    print(f"machine: {machine}")
+    stages, end_to_end = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "videos").mkdir()
@@ -128,11 +156,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.frames} frames of {args.width}x{args.height}, min_face_size {args.min_face_size}")
         for threads in args.threads:
             torch.set_num_threads(threads)
-            print(f"torch threads {threads}:")
-            bench_stages(video, tmp / f"stages_{threads}", args)
+            stages.append({"threads": threads, **bench_stages(video, tmp / f"stages_{threads}", args)})
             for every in args.detect_every:
-                bench_end_to_end(tmp / "videos", tmp / f"out_{threads}_{every}", every, args)
-        print(f"load average after: {os.getloadavg()[0]:.1f}")
+                row = bench_end_to_end(tmp / "videos", tmp / f"out_{threads}_{every}", every, args)
+                end_to_end.append({"threads": threads, **row})
+    print("each stage alone, frames per second:")
+    print(format_table(stages, STAGE_COLUMNS))
+    print("end to end (prepare), detector start-up included:")
+    print(format_table(end_to_end, END_TO_END_COLUMNS))
+    load_after = os.getloadavg()[0]
+    print(f"load average after: {load_after:.1f}")
+    if args.json:
+        report = {"frames": args.frames, "height": args.height, "width": args.width, "stages": stages,
+                  "end_to_end": end_to_end, "machine": machine, "load_average_after": load_after}
+        write_result(args.json, report)
 
 
 if __name__ == "__main__":

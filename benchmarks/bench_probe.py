@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +30,28 @@ from pathlib import Path
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
+if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import MIB, format_table, machine_info, write_result
 from minigpt4.probe.config import ProbeConfig
 from minigpt4.probe.run import ranked, run_probe
 
-MIB = 2**20
+# What tests/test_benchmarks.py runs: a small dump, two sets, one worker, seconds.
+SMOKE_ARGS = [
+    "--clips", "40", "--hidden", "16", "--layers", "1", "--positions", "2", "--folds", "2", "--permutations", "1",
+    "--n-jobs", "1",
+]
+COLUMNS = [
+    ("sets", "sets", "d"),
+    ("wall s", "wall_s", ".1f"),
+    ("sets/min", "sets_per_minute", ".2f"),
+    ("CPU s per set", "cpu_s_per_set", ".2f"),
+    ("peak RSS MiB main", "peak_rss_mib_main", "d"),
+    ("peak RSS MiB largest worker", "peak_rss_mib_largest_worker", "d"),
+    ("best set", "best_set", ""),
+    ("its balanced accuracy", "best_balanced_accuracy", ".3f"),
+]
 
 
 def write_dump(folder: Path, clips: int, layers: int, positions: int, hidden: int, folds: int, seed: int) -> Path:
@@ -81,6 +100,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--permutations", type=int, default=ProbeConfig.permutations)
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_probe_") as tmp:
@@ -124,10 +144,16 @@ def main(argv=None) -> dict:
             "peak_rss_mib_largest_worker": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / MIB),
             "best_set": ranked(result)[0].feature_set.name,
             "best_balanced_accuracy": round(ranked(result)[0].summary["balanced_accuracy"]["mean"], 3),
-            "load_average": os.getloadavg(),
+            "machine": machine_info("cpu"),
         }
-    for key, value in report.items():
-        print(f"{key:>32}: {value}")
+    print(
+        f"{args.clips} clips, H {args.hidden}, {args.folds} folds, {args.permutations} permutations, "
+        f"n_jobs {args.n_jobs}; dump written in {report['dump_write_s']} s"
+    )
+    print(format_table([report], COLUMNS))
+    print(f"load average: {os.getloadavg()[0]:.1f}; 40 sets at this rate: {report['minutes_per_40_sets']} minutes")
+    if args.json:
+        write_result(args.json, report)
     return report
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -88,6 +89,15 @@ class GrowingFile:
         self.handle.close()
 
 
+class StandardInput:
+    """Standard input read through its descriptor: a reader thread left blocked in a read when the
+    run ends (a stalled pipe) holds no lock of Python's buffered ``sys.stdin``, so the process
+    exits cleanly."""
+
+    def read(self, size: int = -1) -> bytes:
+        return os.read(0, size if size > 0 else 1 << 16)
+
+
 def source_name(path: str) -> str:
     """The output folder of a live source: a file's stem, ``stdin`` for ``-``, else the device or URL made safe."""
     import re
@@ -112,7 +122,7 @@ def open_live(cfg, stop: threading.Event):
             raise ClipReadError("input.path", path, f"no such file (waited {cfg.live.stall_s} s for it to appear: live.stall_s)")
     try:
         if path == "-":
-            return av.open(sys.stdin.buffer, mode="r", format=fmt, options=options), None
+            return av.open(StandardInput(), mode="r", format=fmt, options=options), None
         if is_file:
             growing = GrowingFile(Path(path), cfg.live.stall_s, stop)
             return av.open(growing, mode="r", options=options), growing
@@ -296,7 +306,10 @@ def follow(cfg, detector, parts, face_detector, out: Path) -> RecordingSummary:
     stop = threading.Event()
     windows: queue.Queue = queue.Queue()
     audio_rate = parts.encoders["audio"].sample_rate if "audio" in parts.encoders else None
+    face_detector.detect(np.zeros((1, 64, 64, 3), np.uint8))  # one-time set-up costs now, not in the first window
+    logger.info("live: waiting for %s", cfg.input.path)
     reader = LiveReader(cfg, audio_rate, windows, stop)
+    logger.info("live: following %s; estimates go to stdout, one JSON line per window", cfg.input.path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SUMMARY_JSON).unlink(missing_ok=True)  # written again at the end
     appender = TimelineAppender(folder / TIMELINE_CSV)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on generated tiny stand-ins (random weights, real architectures):
 #   tiny assets -> FaceMAE / VideoMAE / audio vectors -> hcmw feature dump -> probe of the dump
-#   -> MER emotion evaluation -> short k-fold LoRA fine-tuning.
+#   -> session videos prepared, dumped, probed over people and time, the best set exported as a
+#   detector and applied to the sessions, offline and live -> MER emotion evaluation -> short
+#   k-fold LoRA fine-tuning.
 # Run through `make demo`; PYTHON and DEMO_DIR may be set by the caller.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +55,16 @@ export DEMO_PREPARED="$DEMO_DIR/prepared"
 step "4/6 which dumped features detect mind wandering (fold-wise probe) -> $DEMO_DIR/probe"
 "$PYTHON" -m minigpt4.probe --cfg-path eval_configs/demo_probe.yaml
 
-step "4/6 (people and time) the probe on the session clips: whole participants held out, context windows, a GRU, timelines -> $DEMO_DIR/probe_sessions"
+step "4/6 (people and time) the probe on the session clips: whole participants held out, context windows, a GRU, timelines, the best set exported -> $DEMO_DIR/probe_sessions"
 "$PYTHON" -m minigpt4.probe --cfg-path eval_configs/demo_probe_sessions.yaml
+
+step "4/6 (detector) the exported detector on the demo's session videos: P(MW) timelines -> $DEMO_DIR/detect"
+"$PYTHON" -m minigpt4.detect --cfg-path eval_configs/demo_detect.yaml --options detect.overwrite=true
+
+step "4/6 (live) one session written out at real-time pace while the detector follows it: a JSON line per window -> $DEMO_DIR/detect_live"
+"$PYTHON" scripts/stream_recording.py "$TINY_ASSETS/sessions/videos/session_0.mp4" - |
+    "$PYTHON" -m minigpt4.detect --cfg-path eval_configs/demo_detect.yaml --follow \
+        --options detect.input.path=- detect.output_dir="$DEMO_DIR/detect_live" detect.overwrite=true
 
 step "5/6 emotion recognition on the MER-format clips -> $DEMO_DIR/emotion_eval"
 echo "(the tiny model's weights are random: accuracy near 0 and garbled answers are expected here;"

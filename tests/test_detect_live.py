@@ -140,21 +140,24 @@ def test_live_from_a_growing_file_equals_offline(session_detectors, tiny_assets,
     assert "the file grew no more for 2.0 s" in follower.lines[-1][1]["summary"]["ended"]
 
 
+SLOW_S = 0.6  # what the slowed model adds to each window
+
+
 @pytest.mark.parametrize("behind", ["drop", "queue"])
 def test_a_slow_model_drops_windows_or_queues_them(session_detectors, tiny_assets, tmp_path, monkeypatch, capsys, behind):
-    """Each window takes 1.2 s while one closes every 0.4 s (the recording written at twice real time)."""
+    """Each window takes SLOW_S more while one closes every 0.2 s (written at four times real time)."""
     _, folders, _, _ = session_detectors
     features = detect_features.FeatureParts.features
 
     def slow(self, *args, **kwargs):
-        time.sleep(1.2)
+        time.sleep(SLOW_S)
         return features(self, *args, **kwargs)
 
     monkeypatch.setattr(detect_features.FeatureParts, "features", slow)
     growing = tmp_path / "camera.mkv"
     cfg = detect_config(folders["facemae"], tiny_assets, tmp_path / "out", input__path=str(growing), live__follow=True,
                         live__behind=behind, live__max_queue=1, live__stall_s=2.0)
-    producer = writer(session_video(tiny_assets), str(growing), speed=2.0)
+    producer = writer(session_video(tiny_assets), str(growing), speed=4.0)
     try:
         detect(cfg)
     finally:
@@ -170,7 +173,7 @@ def test_a_slow_model_drops_windows_or_queues_them(session_detectors, tiny_asset
     else:
         # bounded: a kept window waits for at most the one being processed (the last window is only
         # known once the file has grown no more for stall_s)
-        assert dropped and max(w["latency_s"] for w in windows[:-1]) < 4 * 1.2
+        assert dropped and max(w["latency_s"] for w in windows[:-1]) < 5 * SLOW_S
 
 
 def test_sigint_in_a_window_leaves_a_complete_timeline_and_exit_status_0(session_detectors, tiny_assets, tmp_path):
@@ -181,7 +184,7 @@ def test_sigint_in_a_window_leaves_a_complete_timeline_and_exit_status_0(session
     assert follower.waiting.wait(timeout=120)
     producer = writer(session_video(tiny_assets), str(growing))
     deadline = time.monotonic() + 60
-    while len(follower.windows) < 3 and time.monotonic() < deadline:
+    while not follower.windows and time.monotonic() < deadline:
         time.sleep(0.05)
     follower.process.send_signal(signal.SIGINT)
     assert follower.finish(timeout=60) == 0, "".join(follower.stderr)
@@ -190,7 +193,7 @@ def test_sigint_in_a_window_leaves_a_complete_timeline_and_exit_status_0(session
         rows = list(csv.reader(handle))
     assert tuple(rows[0]) == COLUMNS and all(len(row) == len(COLUMNS) for row in rows)
     assert [int(row[1]) for row in rows[1:]] == [w["window"] for w in follower.windows]
-    assert 3 <= len(follower.windows) < 12
+    assert 1 <= len(follower.windows) < WINDOWS
     assert follower.lines[-1][1]["summary"]["ended"] == "stopped by a signal"
     assert not any("Traceback" in line for line in follower.stderr)
 

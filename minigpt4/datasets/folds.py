@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.datasets.datasets.base_dataset import read_annotation_text
@@ -65,6 +64,8 @@ def build_folds(rows: Sequence[HCMWRow], n_folds: int, seed: int, source: str | 
     class while another seed gives every fold both, the first such seed (seed, seed+1, ...) is
     taken, so the result is deterministic for a given ``seed``.
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # here: every command imports this module, few build folds
+
     if n_folds < 2:
         raise DataError(f"--folds: a held-out evaluation needs 2 or more folds, got {n_folds}")
     unlabelled = [f"{row.clip} ({row.label!r})" for row in rows if row.label not in LABELS]

@@ -1,5 +1,8 @@
 """BLIP-2 image and caption processors, with the settings Emotion-LLaMA was trained with.
 
+torchvision is imported when a processor is built, not with this module: importing it costs
+seconds (it imports torch's compiler), and every command imports the registry.
+
 Images are resized to ``image_size`` x ``image_size`` with bicubic interpolation and
 normalised with the EVA-CLIP statistics below.  The eval processor is deterministic, which
 is what feature extraction relies on.
@@ -12,8 +15,6 @@ from typing import Sequence
 
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 
 from minigpt4.common.registry import registry
 from minigpt4.processors.base_processor import BaseProcessor
@@ -28,6 +29,8 @@ class _BlipImageProcessor(BaseProcessor):
     takes = "image"  # what config validation offers for a dataset's vis_processor
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], resize: torch.nn.Module):
+        from torchvision import transforms
+
         self.image_size = image_size
         self.transform = transforms.Compose(
             [resize, transforms.ToTensor(), transforms.Normalize(mean=tuple(mean), std=tuple(std))]
@@ -44,7 +47,9 @@ class Blip2ImageEvalProcessor(_BlipImageProcessor):
     """Resize (bicubic) to a square, to tensor, normalise."""
 
     def __init__(self, image_size: int = 448, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-        resize = transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
+        from torchvision import transforms
+
+        resize = transforms.Resize((image_size, image_size), interpolation=transforms.InterpolationMode.BICUBIC)
         super().__init__(image_size, mean, std, resize)
 
 
@@ -66,17 +71,20 @@ class Blip2ImageTrainProcessor(_BlipImageProcessor):
         min_scale: float = 0.5,
         max_scale: float = 1.0,
     ):
+        from torchvision import transforms
+
+        bicubic = transforms.InterpolationMode.BICUBIC
         if augment:
             resize = transforms.Compose(
                 [
                     transforms.RandomResizedCrop(
-                        image_size, scale=(min_scale, max_scale), interpolation=InterpolationMode.BICUBIC
+                        image_size, scale=(min_scale, max_scale), interpolation=bicubic
                     ),
                     transforms.RandomHorizontalFlip(),
                 ]
             )
         else:
-            resize = transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC)
+            resize = transforms.Resize((image_size, image_size), interpolation=bicubic)
         super().__init__(image_size, mean, std, resize)
         self.augment = augment
 

@@ -11,14 +11,6 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from minigpt4.common.text_table import format_table
 
@@ -60,11 +52,13 @@ def binary_classification_metrics(
         raise ValueError(f"y_true has {len(y_true)} labels but p_positive has {len(p_positive)} scores")
     if len(labels) != 2 or positive_label not in labels:
         raise ValueError(f"labels must be two names including positive_label {positive_label!r}, got {list(labels)}")
+    from sklearn import metrics as sk  # here: every command imports this module (the runners), few compute metrics
+
     labels = list(labels)
     y_true = _check_labels(y_true, labels, "y_true")
     y_pred = _check_labels(y_pred, labels, "y_pred")
 
-    precision, recall, f1, _ = precision_recall_fscore_support(
+    precision, recall, f1, _ = sk.precision_recall_fscore_support(
         y_true, y_pred, labels=[positive_label], average=None, zero_division=0
     )
     present = set(y_true.tolist())
@@ -73,20 +67,20 @@ def binary_classification_metrics(
         logger.warning("balanced accuracy and ROC AUC undefined: every true label is %r", next(iter(present)))
         roc_auc = balanced_accuracy = None
     else:
-        roc_auc = float(roc_auc_score(y_true == positive_label, np.asarray(p_positive, dtype=float)))
-        balanced_accuracy = float(balanced_accuracy_score(y_true, y_pred))
+        roc_auc = float(sk.roc_auc_score(y_true == positive_label, np.asarray(p_positive, dtype=float)))
+        balanced_accuracy = float(sk.balanced_accuracy_score(y_true, y_pred))
 
     return {
         "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": float(sk.accuracy_score(y_true, y_pred)),
         "balanced_accuracy": balanced_accuracy,
         "precision": float(precision[0]),
         "recall": float(recall[0]),
         "f1": float(f1[0]),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(sk.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "roc_auc": roc_auc,
         "positive_label": positive_label,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": sk.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "confusion_labels": labels,
         "support": {label: int((y_true == label).sum()) for label in labels},
         "single_class": single_class,
@@ -161,17 +155,18 @@ def multiclass_metrics(
         raise ValueError(f"unparsed_label {unparsed_label!r} must not be one of the labels {labels}")
     y_true = _check_labels(y_true, labels, "y_true")
     y_pred = _check_labels(y_pred, labels + [unparsed_label], "y_pred")
+    from sklearn import metrics as sk
 
-    precision, recall, f1, _ = precision_recall_fscore_support(
+    precision, recall, f1, _ = sk.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="weighted", zero_division=0
     )
     columns = labels + [unparsed_label]
     # The square matrix over ``columns`` has an all-zero last row (no true label is unparsed).
-    matrix = confusion_matrix(y_true, y_pred, labels=columns)[:-1]
+    matrix = sk.confusion_matrix(y_true, y_pred, labels=columns)[:-1]
     return {
         "n": int(len(y_true)),
         "n_unparsed": int((y_pred == unparsed_label).sum()),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": float(sk.accuracy_score(y_true, y_pred)),
         "precision_weighted": float(precision),
         "recall_weighted": float(recall),
         "f1_weighted": float(f1),

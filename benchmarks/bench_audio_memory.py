@@ -15,6 +15,8 @@ recording's length costs.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from benchmarks.common import load_script, max_rss_mib, run_worker, write_result
 
 SAMPLE_RATE = 16_000
 WRITE_SECONDS = 60  # samples per written piece of the WAV
+SMOKE_ARGS = ["--minutes", "0.05", "0.1"]  # seconds of sound: the run checks the script, not memory
 
 
 def write_silence(path: Path, minutes: float) -> Path:
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 60.0], help="recording lengths")
     parser.add_argument("--worker", nargs=2, metavar=("WAV", "MODEL_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.worker:
         measure(Path(args.worker[0]), Path(args.worker[1]), Path(args.result))
@@ -84,6 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {minutes:g} min | {result['peak_rss_mib']:.0f} | {result['seconds']:.1f} |")
     peaks = [result["peak_rss_mib"] for _, result in rows]
     print(f"spread of the peaks: {max(peaks) - min(peaks):.0f} MiB")
+    if args.json:
+        report = {"runs": [{"minutes": minutes, **result} for minutes, result in rows],
+                  "peak_spread_mib": max(peaks) - min(peaks), "load_average": os.getloadavg()}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

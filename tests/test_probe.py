@@ -356,3 +356,30 @@ def test_a_per_clip_dump_gives_the_stacked_dumps_sets(tmp_path):
     tokens = arrays["image_projected_features"].astype(np.float16).astype(np.float32)
     image_mean = next(s for s in sets if s.name == "image_mean")
     np.testing.assert_allclose(from_stacked(image_mean), tokens.mean(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("scoring", ["balanced_accuracy", "roc_auc", "neg_log_loss", "f1"])
+def test_the_inner_choice_of_c_is_grid_search_cvs(scoring):
+    """choose_c (warm-started fits, numpy scores) picks the C scikit-learn's GridSearchCV picks
+    with the same splits and scorer; and the scores themselves are scikit-learn's."""
+    from sklearn.metrics import get_scorer
+    from sklearn.model_selection import GridSearchCV
+
+    from minigpt4.probe.fitting import choose_c, inner_splits
+    from minigpt4.probe.metrics import inner_score
+
+    rng = np.random.default_rng(7)
+    folds = np.repeat([0, 1, 2, 3], 30)
+    for trial in range(4):
+        y = rng.permutation(np.arange(120) % 2)
+        X = rng.normal(size=(120, 30)).astype(np.float32)
+        X[:, :2] += (0.3 + 0.3 * trial) * y[:, None]
+        cfg = ProbeConfig(dump_dir="-", annotation="-", c_grid=[1e-3, 1e-2, 0.1, 1.0, 10.0], inner_scoring=scoring, max_iter=1000)
+        splits = inner_splits(folds, y, 0)
+        search = GridSearchCV(
+            LogisticRegression(class_weight="balanced", max_iter=1000), {"C": cfg.c_grid}, cv=splits, scoring=scoring
+        ).fit(X, y)
+        assert choose_c(cfg, X, y, folds) == search.best_params_["C"], trial
+        model = search.best_estimator_
+        p = model.predict_proba(X)[:, 1]
+        assert inner_score(scoring, y, p) == pytest.approx(get_scorer(scoring)(model, X, y), abs=1e-6)  # float32 X

@@ -23,12 +23,12 @@ from typing import Sequence
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut, StratifiedKFold
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from minigpt4.probe.config import ProbeConfig
-from minigpt4.probe.metrics import fold_metrics
+from minigpt4.probe.metrics import fold_metrics, inner_score
 
 RANK_TOLERANCE = 1e-9  # Gram eigenvalues below this fraction of the largest carry no training variance
 
@@ -101,20 +101,35 @@ def span_coordinates(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, n
     return z_train.astype(np.float32), z_test.astype(np.float32)
 
 
-def make_search(cfg: ProbeConfig, cv) -> GridSearchCV:
-    logreg = LogisticRegression(class_weight="balanced", solver="lbfgs", max_iter=cfg.max_iter)
-    return GridSearchCV(logreg, {"C": list(cfg.c_grid)}, cv=cv, scoring=cfg.inner_scoring, refit=True, error_score=np.nan)
+def logistic(cfg: ProbeConfig, C: float, warm_start: bool = False) -> LogisticRegression:
+    return LogisticRegression(C=C, class_weight="balanced", solver="lbfgs", max_iter=cfg.max_iter, warm_start=warm_start)
+
+
+def choose_c(cfg: ProbeConfig, z: np.ndarray, y: np.ndarray, train_folds: np.ndarray) -> float:
+    """The C of ``probe.c_grid`` with the best mean inner score, as ``GridSearchCV`` chooses it
+    (a split whose fit fails counts as NaN, which ranks last; ties go to the earlier C in the
+    grid), but faster: on each inner split the grid is fitted from the smallest C up, each fit
+    starting from the last one's weights, and scored with numpy."""
+    grid = [float(c) for c in cfg.c_grid]
+    splits = inner_splits(train_folds, y, cfg.seed)
+    scores = np.full((len(splits), len(grid)), np.nan)
+    for s, (fit_rows, val_rows) in enumerate(splits):
+        if len(np.unique(y[fit_rows])) < 2:  # GridSearchCV's fit fails here: error_score NaN
+            continue
+        model = logistic(cfg, grid[0], warm_start=True)
+        for i in np.argsort(grid, kind="stable"):
+            model.set_params(C=grid[i]).fit(z[fit_rows], y[fit_rows])
+            decision = z[val_rows].astype(np.float64) @ model.coef_[0] + model.intercept_[0]
+            scores[s, i] = inner_score(cfg.inner_scoring, y[val_rows], 1 / (1 + np.exp(-decision)))
+    means = scores.mean(axis=0)
+    return grid[int(np.argmax(np.where(np.isnan(means), -np.inf, means)))]
 
 
 def fit_probe(cfg: ProbeConfig, z_train: np.ndarray, y_train: np.ndarray, train_folds: np.ndarray):
     """(the fitted probe, its C): C chosen by the inner cross-validation over ``probe.c_grid``
     (a grid of one value needs no choosing), the probe refitted on every training row."""
-    if len(cfg.c_grid) == 1:
-        C = float(cfg.c_grid[0])
-        probe = LogisticRegression(C=C, class_weight="balanced", solver="lbfgs", max_iter=cfg.max_iter)
-        return probe.fit(z_train, y_train), C
-    search = make_search(cfg, inner_splits(train_folds, y_train, cfg.seed)).fit(z_train, y_train)
-    return search.best_estimator_, float(search.best_params_["C"])
+    C = float(cfg.c_grid[0]) if len(cfg.c_grid) == 1 else choose_c(cfg, z_train, y_train, train_folds)
+    return logistic(cfg, C).fit(z_train, y_train), C
 
 
 def fit_held_out_fold(X: np.ndarray, labellings: np.ndarray, y_true: np.ndarray, folds: np.ndarray, held_out: int, cfg: ProbeConfig) -> list[FoldFit]:

@@ -49,6 +49,33 @@ def mean_sd(values: Iterable[float | None]) -> tuple[float | None, float | None]
     return float(np.mean(kept)), sd
 
 
+def inner_score(scoring: str, y: np.ndarray, p_mw: np.ndarray) -> float:
+    """What an inner cross-validation maximises (``probe.inner_scoring``), as scikit-learn's scorer
+    of that name gives it for a classifier with these probabilities (the predicted class: P(MW)
+    above 0.5), computed with numpy: the probe scores thousands of inner fits per set.  NaN where
+    the score is undefined (ROC AUC of one class)."""
+    y = np.asarray(y)
+    p_mw = np.asarray(p_mw, dtype=np.float64)
+    predicted = p_mw > 0.5
+    if scoring == "balanced_accuracy":  # the recall of each class present, averaged
+        return float(np.mean([np.mean(predicted[y == c] == c) for c in np.unique(y)]))
+    if scoring == "f1":
+        true_positive = np.sum(predicted & (y == 1))
+        wrong = np.sum(predicted != (y == 1))
+        return float(2 * true_positive / (2 * true_positive + wrong)) if true_positive else 0.0
+    if scoring == "roc_auc":
+        positives, negatives = int(np.sum(y == 1)), int(np.sum(y == 0))
+        if not positives or not negatives:
+            return math.nan
+        from scipy.stats import rankdata  # scipy comes with scikit-learn
+
+        ranks = rankdata(p_mw)  # ties share their mean rank: Mann-Whitney's U with ties
+        return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    eps = np.finfo(np.float64).eps
+    clipped = np.clip(p_mw, eps, 1 - eps)
+    return float(np.mean(np.where(y == 1, np.log(clipped), np.log1p(-clipped))))  # neg_log_loss
+
+
 def permutation_p_value(observed: float | None, chance: Iterable[float | None]) -> float | None:
     """(1 + permutations scoring at least ``observed``) / (1 + permutations), over the
     permutations that scored; None when nothing can be compared."""

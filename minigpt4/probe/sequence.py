@@ -20,14 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from minigpt4.probe.config import GRUConfig, ProbeConfig
 from minigpt4.probe.context import PAD
 from minigpt4.probe.fitting import RANK_TOLERANCE, FoldFit, inner_splits
-from minigpt4.probe.metrics import fold_metrics
+from minigpt4.probe.metrics import fold_metrics, inner_score
 
 
 SPREAD_FLOOR = 1e-3  # of the largest component's spread: the smallest an input is divided by
@@ -139,19 +138,6 @@ def train_gru(
             with torch.no_grad():
                 results[epoch] = evaluate(model)
     return results
-
-
-def inner_score(scoring: str, y: np.ndarray, p_mw: np.ndarray) -> float:
-    """What the inner cross-validation maximises (as ``probe.inner_scoring`` names it)."""
-    if len(np.unique(y)) < 2 and scoring in ("roc_auc",):
-        return math.nan
-    if scoring == "balanced_accuracy":
-        return balanced_accuracy_score(y, p_mw >= 0.5)
-    if scoring == "f1":
-        return f1_score(y, p_mw >= 0.5, zero_division=0)
-    if scoring == "roc_auc":
-        return roc_auc_score(y, p_mw)
-    return -log_loss(y, np.clip(p_mw, 1e-7, 1 - 1e-7), labels=[0, 1])
 
 
 def choose_training(sequences: torch.Tensor, y: np.ndarray, train_folds: np.ndarray, cfg: ProbeConfig) -> tuple[int, float]:

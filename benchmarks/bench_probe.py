@@ -2,13 +2,16 @@
 
 A synthetic dump is written to a temporary folder in the feature writer's stacked layout:
 ``llama_features.npy`` of shape (clips, layers, positions, hidden) in float16, filled a clip
-at a time (never held in memory), with balanced labels over ``--folds`` folds and the label
-carried by one (layer, position).  The probe then runs in this process on every layer x
-position set, reading each through a memory map, exactly as the command does.
+at a time (never held in memory), with the label carried by one (layer, position).  The clips
+are ``--sessions`` session videos (one participant each) of consecutive 10 s windows, and the
+folds hold whole participants (``--folds`` of them, both labels in each), so context windows
+(``--context-windows``, ``--context-stats``) can be probed too.  The probe then runs in this
+process on every layer x position set (and their context sets), reading each through a memory
+map, exactly as the command does.
 
     python -m benchmarks.bench_probe                       # 1,000 clips, H 4096, 10 x 4 sets, 5 folds
     python -m benchmarks.bench_probe --layers 1            # 4 sets only: a quicker per-set figure
-    python -m benchmarks.bench_probe --n-jobs 2 --permutations 5
+    python -m benchmarks.bench_probe --context-windows 3 5 --context-stats mean slope   # 40 + 160 sets
 
 Reported: wall time, feature sets per minute, CPU seconds (this process and its workers; less
 sensitive to other work on a shared machine), and peak resident memory of this process and of
@@ -34,13 +37,13 @@ if __package__ in (None, ""):  # run as a file: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import MIB, format_table, machine_info, write_result
-from minigpt4.probe.config import ProbeConfig
+from minigpt4.probe.config import ContextConfig, ProbeConfig
 from minigpt4.probe.run import ranked, run_probe
 
 # What tests/test_benchmarks.py runs: a small dump, two sets, one worker, seconds.
 SMOKE_ARGS = [
     "--clips", "40", "--hidden", "16", "--layers", "1", "--positions", "2", "--folds", "2", "--permutations", "1",
-    "--n-jobs", "1",
+    "--n-jobs", "1", "--sessions", "4", "--context-windows", "3", "--context-stats", "slope",
 ]
 COLUMNS = [
     ("sets", "sets", "d"),
@@ -54,13 +57,16 @@ COLUMNS = [
 ]
 
 
-def write_dump(folder: Path, clips: int, layers: int, positions: int, hidden: int, folds: int, seed: int) -> Path:
+def write_dump(
+    folder: Path, clips: int, layers: int, positions: int, hidden: int, folds: int, sessions: int, seed: int
+) -> Path:
     """The synthetic dump and its annotation; returns the annotation path."""
     rng = np.random.default_rng(seed)
-    fold_of = np.arange(clips) % folds
+    session_of = np.arange(clips) * sessions // clips  # consecutive clips share a session
+    fold_of = session_of % folds  # a participant (one session each) in one fold
     y = np.zeros(clips, dtype=np.int64)
-    for fold in range(folds):
-        rows = np.flatnonzero(fold_of == fold)
+    for session in range(sessions):
+        rows = np.flatnonzero(session_of == session)
         y[rng.permutation(rows)[: len(rows) // 2]] = 1
     names = [f"clip_{i:05d}" for i in range(clips)]
     shape = (clips, layers, positions, hidden)
@@ -86,8 +92,12 @@ def write_dump(folder: Path, clips: int, layers: int, positions: int, hidden: in
     annotation = folder / "annotations.csv"
     with annotation.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["uuid", "mw_label", "test_fold_num"])
-        writer.writerows((n, "MW" if label else "NonMW", f) for n, label, f in zip(names, y, fold_of))
+        writer.writerow(["uuid", "mw_label", "test_fold_num", "participant", "video", "start_s", "end_s"])
+        start = np.arange(clips) - np.searchsorted(session_of, session_of)  # the clip's place in its session
+        writer.writerows(
+            (n, "MW" if label else "NonMW", f, f"p{s}", f"session_{s}.mp4", 10.0 * k, 10.0 * k + 5)
+            for n, label, f, s, k in zip(names, y, fold_of, session_of, start)
+        )
     return annotation
 
 
@@ -98,6 +108,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--positions", type=int, default=4)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--sessions", type=int, default=40, help="participants (one session each); folds hold whole ones")
+    parser.add_argument("--context-windows", type=int, nargs="*", default=[], help="probe.context.windows, e.g. 3 5")
+    parser.add_argument("--context-stats", nargs="*", default=["mean", "slope"], help="probe.context.stats")
     parser.add_argument("--permutations", type=int, default=ProbeConfig.permutations)
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -106,7 +119,9 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_probe_") as tmp:
         folder = Path(tmp)
         started = time.perf_counter()
-        annotation = write_dump(folder, args.clips, args.layers, args.positions, args.hidden, args.folds, seed=0)
+        annotation = write_dump(
+            folder, args.clips, args.layers, args.positions, args.hidden, args.folds, args.sessions, seed=0
+        )
         written = time.perf_counter() - started
         cfg = ProbeConfig(
             dump_dir=str(folder),
@@ -116,6 +131,7 @@ def main(argv=None) -> dict:
             permutations=args.permutations,
             n_jobs=args.n_jobs,
             plots=False,
+            context=ContextConfig(windows=list(args.context_windows), stats=list(args.context_stats)),
         )
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         cpu_before = os.times()
@@ -128,6 +144,9 @@ def main(argv=None) -> dict:
         sets = len(result.sets)
         report = {
             "clips": args.clips,
+            "sessions": args.sessions,
+            "context_windows": list(args.context_windows),
+            "context_stats": list(args.context_stats) if args.context_windows else [],
             "hidden": args.hidden,
             "sets": sets,
             "folds": args.folds,
@@ -146,9 +165,10 @@ def main(argv=None) -> dict:
             "best_balanced_accuracy": round(ranked(result)[0].summary["balanced_accuracy"]["mean"], 3),
             "machine": machine_info("cpu"),
         }
+    context = f", context windows {args.context_windows} x {args.context_stats}" if args.context_windows else ""
     print(
-        f"{args.clips} clips, H {args.hidden}, {args.folds} folds, {args.permutations} permutations, "
-        f"n_jobs {args.n_jobs}; dump written in {report['dump_write_s']} s"
+        f"{args.clips} clips in {args.sessions} sessions, H {args.hidden}, {args.folds} folds{context}, "
+        f"{args.permutations} permutations, n_jobs {args.n_jobs}; dump written in {report['dump_write_s']} s"
     )
     print(format_table([report], COLUMNS))
     print(f"load average: {os.getloadavg()[0]:.1f}; 40 sets at this rate: {report['minutes_per_40_sets']} minutes")

@@ -38,7 +38,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-from minigpt4.datasets.frames import ClipReadError
 from minigpt4.detect.apply import RecordingState
 from minigpt4.detect.outputs import (
     SUMMARY_JSON, TIMELINE_CSV, TIMELINE_PNG, RecordingSummary, TimelineAppender, WindowRow, plot_timeline,
@@ -60,6 +59,10 @@ class LiveWindow:
     times: np.ndarray  # [n] seconds
     audio: np.ndarray | None  # float32 mono samples of [start_s, end_s) at the audio encoder's rate
     arrived: float  # time.monotonic() when the window's last frame arrived
+
+
+class LiveSourceError(ValueError):
+    """A live source cannot be opened or read; the message names it and the problem."""
 
 
 class SourceEnded:
@@ -119,7 +122,7 @@ def open_live(cfg, stop: threading.Event):
         while not Path(path).exists() and time.monotonic() - waited < cfg.live.stall_s:
             time.sleep(POLL_S)
         if not Path(path).is_file():
-            raise ClipReadError("input.path", path, f"no such file (waited {cfg.live.stall_s} s for it to appear: live.stall_s)")
+            raise LiveSourceError(f"detect.input.path {path}: no such file (waited {cfg.live.stall_s} s for it to appear: live.stall_s)")
     try:
         if path == "-":
             return av.open(StandardInput(), mode="r", format=fmt, options=options), None
@@ -127,10 +130,10 @@ def open_live(cfg, stop: threading.Event):
             growing = GrowingFile(Path(path), cfg.live.stall_s, stop)
             return av.open(growing, mode="r", options=options), growing
         return av.open(path, mode="r", format=fmt, options=options, timeout=cfg.live.stall_s), None
-    except ValueError as exc:  # an unknown format name
-        raise ClipReadError("input.format", fmt or path, f"{exc}; FFmpeg's input formats: `ffmpeg -formats`") from None
     except (av.FFmpegError, OSError) as exc:
-        raise ClipReadError("input.path", path, f"cannot be opened as a video source ({str(exc).splitlines()[0]})") from None
+        raise LiveSourceError(f"detect.input.path {path}: cannot be opened as a video source ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # PyAV: an unknown format name
+        raise LiveSourceError(f"detect.input.format {fmt!r}: {exc}; FFmpeg's input formats: `ffmpeg -formats`") from None
 
 
 class WindowAssembler:
@@ -234,7 +237,7 @@ class LiveReader(threading.Thread):
         self.ends_itself = isinstance(self.closer, GrowingFile)
         if not self.container.streams.video:
             kinds = sorted({s.type for s in self.container.streams}) or ["nothing"]
-            raise ClipReadError("input.path", cfg.input.path, f"the source has no video stream (it holds: {', '.join(kinds)})")
+            raise LiveSourceError(f"detect.input.path {cfg.input.path}: the source has no video stream (it holds: {', '.join(kinds)})")
 
     def run(self) -> None:
         try:
@@ -254,7 +257,7 @@ class LiveReader(threading.Thread):
         resampler = None
         if self.audio_rate:
             if not container.streams.audio:
-                raise ClipReadError("input.path", self.cfg.input.path, "the detector reads sound but the source has no audio stream")
+                raise LiveSourceError(f"detect.input.path {self.cfg.input.path}: the detector reads sound but the source has no audio stream")
             streams.append(container.streams.audio[0])
             resampler = av.AudioResampler(format="fltp", rate=self.audio_rate)
         try:
@@ -273,7 +276,7 @@ class LiveReader(threading.Thread):
                 for window in self.assembler.ready():
                     self.windows.put(window)
         except av.FFmpegError as exc:
-            raise ClipReadError("input.path", self.cfg.input.path, f"the stream cannot be decoded ({str(exc).splitlines()[0]})") from None
+            raise LiveSourceError(f"detect.input.path {self.cfg.input.path}: the stream cannot be decoded ({str(exc).splitlines()[0]})") from None
         for window in self.assembler.finish():
             self.windows.put(window)
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from minigpt4.datasets.audio_track import read_audio_window
 from minigpt4.datasets.errors import BadClip, write_skipped_report
 from minigpt4.datasets.frames import VIDEO_SUFFIXES, ClipReadError
+from minigpt4.common.config import ConfigError
 from minigpt4.detect.apply import RecordingState
 from minigpt4.detect.config import DetectConfig
 from minigpt4.detect.features import FeatureParts, face_settings
@@ -104,7 +105,7 @@ def list_recordings(cfg: DetectConfig) -> list[Recording]:
     source = Path(cfg.input.path).expanduser()
     if cfg.input.segments is not None:
         if not source.is_dir():
-            raise ClipReadError("input.path", source, "with input.segments this must be the folder the CSV's videos are in")
+            raise ConfigError(f"detect.input.path {source}: with input.segments it must be the folder the CSV's videos are in")
         by_video: dict[Path, list[ClipPlan]] = {}
         for plan in read_segments(cfg.input.segments, source):
             by_video.setdefault(plan.video, []).append(plan)
@@ -112,16 +113,16 @@ def list_recordings(cfg: DetectConfig) -> list[Recording]:
     elif source.is_dir():
         videos = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
         if not videos:
-            raise ClipReadError("input.path", source, f"the folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+            raise ConfigError(f"detect.input.path {source}: the folder holds no videos ({', '.join(VIDEO_SUFFIXES)})")
         recordings = [Recording(output_name(video), video) for video in videos]
     elif source.is_file():
         recordings = [Recording(output_name(source), source)]
     else:
-        raise ClipReadError("input.path", source, "no such file or folder")
+        raise ConfigError(f"detect.input.path {source}: no such file or folder")
     seen: dict[str, Path] = {}
     for recording in recordings:
         if recording.name in seen:
-            raise ClipReadError(recording.name, recording.path, f"would share its output folder with {seen[recording.name]}")
+            raise ConfigError(f"detect.input.path: {recording.path} and {seen[recording.name]} would share the output folder {recording.name}")
         seen[recording.name] = recording.path
     return recordings
 

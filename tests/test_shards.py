@@ -6,6 +6,7 @@ bytes, and ``hcmw_caption`` read from shards must give the items the folders giv
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -23,6 +24,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets.errors import DataError
 from minigpt4.datasets.shards import hcmw_shards, pack, sources
 from minigpt4.datasets.shards.hcmw_shards import HCMWShardStream
+from minigpt4.datasets.shards.layout import sample_key
 from minigpt4.datasets.shards.sources import ShardError
 
 SHARD_SIZE = 5  # the tiny assets' 24 clips -> 5 shards, the last one of 4
@@ -306,3 +308,29 @@ def test_shards_stream_through_pipe_commands_with_the_index_named_by_shard_index
     assert_same_item(piped[9], local[9])
     with pytest.raises(ShardError, match="shard_index: must be set when the shards are read through pipe:"):
         builder(build_info={"shards": f"pipe:cat {shards}/{PATTERN}"}).build("all")
+
+
+def test_shards_carry_who_and_when_so_training_from_them_checks_the_folds(tiny_assets, tmp_path):
+    """An annotation with participants and times: the samples' JSON holds them, the shard rows
+    read them back, and a participant in two folds stops a training split as with the folders."""
+    with open(tiny_assets["hcmw_csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for k, row in enumerate(rows):
+        row.update(participant=f"p{row['test_fold_num']}", video=f"v{k % 3}.mp4", start_s=str(2.0 * k), end_s=str(2.0 * k + 1))
+    other = next(row for row in rows if row["test_fold_num"] != rows[0]["test_fold_num"])
+    rows[0]["participant"] = other["participant"]  # now in two folds
+    annotation = tmp_path / "people.csv"
+    with annotation.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pack.pack_hcmw(annotation, tiny_assets["hcmw_image_root"], tiny_assets["hcmw_feature_root"], tmp_path / "shards",
+                   facemae_dir="mae_340_UTT", videomae_dir="maeV_199_UTT", shard_size=SHARD_SIZE)
+    with tarfile.open(tmp_path / "shards" / "hcmw-000000.tar") as tar:
+        meta = json.loads(tar.extractfile(f"{sample_key(1)}.json").read())
+    assert meta == {"clip": rows[1]["uuid"].removesuffix(".mp4"), "label": rows[1]["mw_label"], "fold": int(rows[1]["test_fold_num"]),
+                    "participant": rows[1]["participant"], "video": "v1.mp4", "start_s": 2.0, "end_s": 3.0}
+    made = shard_builder(tmp_path / "shards")
+    assert [(r.participant, r.start_s) for r in made.validated.rows[:2]] == [(rows[0]["participant"], 0.0), (rows[1]["participant"], 2.0)]
+    with pytest.raises(DataError, match=rf"1 participant\(s\) have clips in more than one fold \({other['participant']} in folds"):
+        made.build("train", int(rows[0]["test_fold_num"]))

@@ -35,7 +35,7 @@ from webdataset.utils import pytorch_worker_info
 
 from minigpt4.common import dist_utils
 from minigpt4.datasets.datasets.clip_inputs import UnusableFile, check_image_bytes, open_rgb, vector_from_bytes
-from minigpt4.datasets.datasets.hcmw_dataset import LABELS, NO_FOLD, HCMWDataset, HCMWRow
+from minigpt4.datasets.datasets.hcmw_dataset import LABELS, NO_FOLD, TIME_COLUMNS, HCMWDataset, HCMWRow
 from minigpt4.datasets.errors import SHOWN_IN_MESSAGE, BadClip, DataError
 from minigpt4.datasets.shards.layout import IMAGE, META, VECTORS, member_digest
 from minigpt4.datasets.shards.sources import ShardError, expand_pattern, index_location, iter_samples, read_index
@@ -205,7 +205,8 @@ class HCMWShardDataset(HCMWDataset):
                 meta, bad = sample_problems(sample, clips[key], self.feature_dim, self.vector_kinds, digests[key])
                 problems += [BadClip(clips[key], f"{url} key {key}.{member}", problem) for member, problem in bad]
                 if meta is not None:
-                    rows[(number, key)] = ShardRow(meta["clip"], meta["label"], meta["fold"], number, key)
+                    when = {column: meta.get(column) for column in TIME_COLUMNS}
+                    rows[(number, key)] = ShardRow(meta["clip"], meta["label"], meta["fold"], number, key, **when)
             reason = "missing from the shard"
         except ShardError as exc:
             reason, readable = f"not read: {exc}", False

@@ -25,7 +25,7 @@ SHARD_PREFIX, SHARD_DIGITS, SHARD_SUFFIX = "hcmw-", 6, ".tar"
 KEY_DIGITS = 8
 
 # member suffixes of one sample
-META = "json"  # {"clip": str, "label": str, "fold": int}
+META = "json"  # {"clip": str, "label": str, "fold": int[, "participant", "video", "start_s", "end_s"]}
 IMAGE = "png"  # the peak frame's bytes as read from the folder layout
 VECTORS = {"facemae": "facemae.npy", "videomae": "videomae.npy", "audio": "audio.npy"}
 

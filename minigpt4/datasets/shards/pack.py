@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from minigpt4.common.atomic_io import write_text_atomic, write_through_tmp
 from minigpt4.datasets.builders.hcmw_builder import HCMWBuilder
-from minigpt4.datasets.datasets.hcmw_dataset import HCMWRow, read_annotation
+from minigpt4.datasets.datasets.hcmw_dataset import TIME_COLUMNS, HCMWRow, read_annotation
 from minigpt4.datasets.errors import SHOWN_IN_MESSAGE, BadClip, DataError
 from minigpt4.datasets.shards.layout import (
     IMAGE, INDEX_NAME, META, SHARD_PREFIX, SHARD_SUFFIX, VECTORS, index_text, member_digest, sample_key, shard_name,
@@ -81,7 +81,7 @@ def pack_hcmw(
     shards = []
     for number, first in enumerate(range(0, len(rows), shard_size)):
         samples = [
-            {"key": sample_key(position), "clip": row.clip, "label": row.label, "fold": row.fold}
+            {"key": sample_key(position), "clip": row.clip, "label": row.label, "fold": row.fold, "when": time_fields(row)}
             for position, row in enumerate(rows[first:first + shard_size], start=first)
         ]
         name = shard_name(number)
@@ -121,11 +121,17 @@ def _prepare_output(output: Path, overwrite: bool) -> None:
         path.unlink()
 
 
+def time_fields(row: HCMWRow) -> dict:
+    """The annotation's who-and-when columns the row has (none for a three-column annotation,
+    whose shards stay byte for byte what they were)."""
+    return {column: getattr(row, column) for column in TIME_COLUMNS if getattr(row, column) is not None}
+
+
 def _write_shard(handle: BinaryIO, samples: list[dict], layout: ClipFiles) -> None:
     """Write the samples' members; each sample gets ``sha256`` (suffix -> digest) for the index."""
     with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
-            meta = {"clip": sample["clip"], "label": sample["label"], "fold": sample["fold"]}
+            meta = {"clip": sample["clip"], "label": sample["label"], "fold": sample["fold"], **sample["when"]}
             members = {META: json.dumps(meta, sort_keys=True).encode()}
             members |= {suffix: path.read_bytes() for suffix, path in layout.of(sample["clip"]).items()}
             sample["sha256"] = {suffix: member_digest(data) for suffix, data in members.items()}

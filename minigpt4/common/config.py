@@ -330,3 +330,18 @@ class Config:
 
     def to_dict(self) -> dict:
         return OmegaConf.to_container(self.config, resolve=True)
+
+
+def load_typed_config(path: str | Path, options: Sequence[str], schema: type, error: type[Exception] = ConfigError):
+    """A job config typed by a dataclass (the probe's, the detect job's): ``schema``'s defaults
+    <- the YAML at ``path`` <- ``a.b=c`` options, as the dataclass object.  A missing file, an
+    unknown key or a value of the wrong type is one ``error`` naming the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"--cfg-path: config file not found: {path}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path), OmegaConf.from_dotlist(list(options)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise error(f"{path}: {key}: {str(exc).strip().splitlines()[0]}") from None

@@ -17,10 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from minigpt4.common.config import ConfigError
+from minigpt4.common.config import ConfigError, load_typed_config
 
 SHORT_LAST = ("drop", "keep")
 BEHIND = ("drop", "queue")
@@ -83,17 +80,7 @@ class DetectRunConfig:
 
 def load_detect_config(path: str | Path, options: Sequence[str] = ()) -> DetectConfig:
     """Defaults <- the YAML (section ``detect``) <- ``a.b=c`` options, checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--cfg-path: config file not found: {path}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(DetectRunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(options))
-        )
-        cfg: DetectConfig = OmegaConf.to_object(merged).detect
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{path}: {key}: {str(exc).strip().splitlines()[0]}") from None
+    cfg = load_typed_config(path, options, DetectRunConfig).detect
     check_config(cfg)
     return cfg
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
+
+from minigpt4.common.config import load_typed_config
 
 from minigpt4.probe.context import STATS
 from minigpt4.probe.metrics import METRICS
@@ -87,17 +88,7 @@ def export_names(cfg: ProbeConfig) -> list[str]:
 
 def load_config(path: str | Path, options: Sequence[str] = ()) -> ProbeConfig:
     """Defaults <- the YAML file <- ``a.b=c`` options, checked; a bad key stops here, named."""
-    path = Path(path)
-    if not path.is_file():
-        raise ProbeConfigError(f"--cfg-path: config file not found: {path}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(ProbeRunConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(options))
-        )
-        cfg: ProbeConfig = OmegaConf.to_object(merged).probe
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        raise ProbeConfigError(f"{path}: {key}: {exc.msg if hasattr(exc, 'msg') else exc}".splitlines()[0]) from None
+    cfg = load_typed_config(path, options, ProbeRunConfig, ProbeConfigError).probe
     check_config(cfg)
     return cfg
 

@@ -62,9 +62,16 @@ step "4/6 (detector) the exported detector on the demo's session videos: P(MW) t
 "$PYTHON" -m minigpt4.detect --cfg-path eval_configs/demo_detect.yaml --options detect.overwrite=true
 
 step "4/6 (live) one session written out at real-time pace while the detector follows it: a JSON line per window -> $DEMO_DIR/detect_live"
-"$PYTHON" scripts/stream_recording.py "$TINY_ASSETS/sessions/videos/session_0.mp4" - |
-    "$PYTHON" -m minigpt4.detect --cfg-path eval_configs/demo_detect.yaml --follow \
-        --options detect.input.path=- detect.output_dir="$DEMO_DIR/detect_live" detect.overwrite=true
+LIVE="$DEMO_DIR/detect_live"
+mkdir -p "$LIVE" && rm -f "$LIVE/camera.mkv"
+"$PYTHON" -m minigpt4.detect --cfg-path eval_configs/demo_detect.yaml --follow \
+    --options detect.input.path="$LIVE/camera.mkv" detect.output_dir="$LIVE" detect.overwrite=true 2> "$LIVE/detect.log" &
+follower=$!
+# the camera starts once the detector is ready (it logs that it waits for the recording)
+until grep -q "live: waiting for" "$LIVE/detect.log" || ! kill -0 "$follower" 2> /dev/null; do sleep 0.2; done
+"$PYTHON" scripts/stream_recording.py "$TINY_ASSETS/sessions/videos/session_0.mp4" "$LIVE/camera.mkv"
+wait "$follower"
+echo "(the same from standard input: stream_recording.py ... - | python -m minigpt4.detect ... --follow --options detect.input.path=-)"
 
 step "5/6 emotion recognition on the MER-format clips -> $DEMO_DIR/emotion_eval"
 echo "(the tiny model's weights are random: accuracy near 0 and garbled answers are expected here;"

@@ -56,7 +56,11 @@ def main(argv=None) -> int:
     parser.add_argument("--speed", type=float, default=1.0, help="times real time (default 1)")
     parser.add_argument("--format", default=None, help="output container format (default by suffix; matroska for -)")
     args = parser.parse_args(argv)
-    stream(args.source, args.target, args.speed, args.format)
+    try:
+        stream(args.source, args.target, args.speed, args.format)
+    except (BrokenPipeError, av.error.PyAVCallbackError):  # the reader stopped before the recording ended
+        print("stream_recording: the reader closed the pipe", file=sys.stderr)
+        return 1
     return 0
 
 

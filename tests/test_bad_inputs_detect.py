@@ -247,3 +247,10 @@ def test_garbage_on_standard_input_is_one_line(session_detectors, tiny_assets, t
     last = done.stderr.decode().splitlines()[-1]
     assert last.startswith("error: detect.input.path -: cannot be opened as a video source (")
     assert b"Traceback" not in done.stderr
+
+
+def test_standard_input_given_on_the_command_line_is_a_dash(tmp_path):
+    """``--options detect.input.path=-`` means standard input (YAML would read a list of one null)."""
+    path = tmp_path / "d.yaml"
+    path.write_text("detect:\n  detector: d\n  input: {path: v}\n")
+    assert load_detect_config(path, ["detect.input.path=-"]).input.path == "-"

@@ -339,8 +339,10 @@ def load_typed_config(path: str | Path, options: Sequence[str], schema: type, er
     path = Path(path)
     if not path.is_file():
         raise error(f"--cfg-path: config file not found: {path}")
+    # ``key=-`` (standard input) would be read as YAML, a list of one null
+    options = [f"{option[:-1]}'-'" if option.endswith("=-") else option for option in options]
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path), OmegaConf.from_dotlist(list(options)))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path), OmegaConf.from_dotlist(options))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"

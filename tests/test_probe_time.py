@@ -214,7 +214,7 @@ def test_heat_map_colours_span_zero_to_one_whatever_the_scores(tmp_path, monkeyp
     for figure in drawn:
         image = figure.axes[0].images[0]
         assert image.get_clim() == (0.0, 1.0)
-        assert figure.axes[1].get_ylabel() == "balanced_accuracy (fixed scale 0..1)"  # the colour bar
+        assert figure.axes[1].get_ylabel() == "balanced_accuracy\n(fixed scale 0..1)"  # the colour bar
         assert len(figure.axes[0].texts) == len(LAYERS) * len(POSITIONS)
 
 

@@ -59,7 +59,7 @@ def roc_curves(result: ProbeResult, path: Path) -> Path | None:
         every = max(1, len(fpr) // 8)
         axes.plot(  # markers start at another point on each curve, so curves that coincide show each one's
             fpr, tpr, linestyle=line, marker=marker, markevery=(drawn % every, every), markersize=5, linewidth=1.6,
-            alpha=0.85, label=f"{s.feature_set.name}: {pooled:.3f}{fold_text}",
+            alpha=0.85, label=f"{s.feature_set.name}: {pooled:.3f}{fold_text}", clip_on=False, zorder=3,
         )
         drawn += 1
     if not drawn:
@@ -68,7 +68,7 @@ def roc_curves(result: ProbeResult, path: Path) -> Path | None:
     chance_text = f" (best set on permuted labels: {chance['mean']:.3f} ± {chance['sd']:.3f})" if chance["mean"] is not None else ""
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance" + chance_text)
     axes.set(
-        xlim=(0, 1), ylim=(0, 1.01), aspect="equal",
+        xlim=(-0.02, 1.0), ylim=(0.0, 1.02), aspect="equal",  # a perfect curve runs along the edges: keep it in view
         xlabel="false positive rate (NonMW called MW)", ylabel="true positive rate (MW found)",
         title="held-out ROC of the best sets",
     )
@@ -101,14 +101,16 @@ def layer_position_heatmap(result: ProbeResult, path: Path) -> Path | None:
         grid[layers.index(layer), positions.index(position)] = s.summary[metric]["mean"]
     cmap = colormaps["RdBu_r" if metric in CENTRED_AT_HALF else "viridis"]
     norm = Normalize(vmin=0.0, vmax=1.0)
-    figure = Figure(figsize=(2.2 + 0.9 * len(positions), 1.6 + 0.6 * len(layers)))
+    figure = Figure(figsize=(max(6.5, 2.2 + 0.9 * len(positions)), 2.4 + 0.6 * len(layers)))
     axes = figure.add_subplot()
     image = axes.imshow(grid, cmap=cmap, norm=norm, aspect="auto")
     axes.set_xticks(range(len(positions)), positions, rotation=45, ha="right")
     axes.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     chance_mean, chance_sd = mean_sd(s.chance_summary[metric]["mean"] for s in scored)
-    chance = f"; permuted labels {chance_mean:.2f} ± {chance_sd:.2f}" if chance_mean is not None else ""
-    axes.set(xlabel="position", ylabel="layer", title=f"{metric}, mean over held-out folds{chance}\n* beats chance: p over all sets <= {result.cfg.alpha}")
+    chance = f"permuted labels {chance_mean:.2f} ± {chance_sd:.2f}; " if chance_mean is not None else ""
+    axes.set(xlabel="position", ylabel="layer",
+             title=f"{metric}, mean over held-out folds\n{chance}* beats chance (p over all sets <= {result.cfg.alpha})")
+    axes.title.set_fontsize("medium")
     family = result.family_p_values(metric)
     for (layer, position), s in cells.items():
         row, col = layers.index(layer), positions.index(position)
@@ -117,7 +119,7 @@ def layer_position_heatmap(result: ProbeResult, path: Path) -> Path | None:
         axes.text(col, row, f"{grid[row, col]:.2f}{star}", ha="center", va="center", fontsize="small",
                   color=_text_colour(cmap(norm(grid[row, col]))))
     colour_bar = figure.colorbar(image, ax=axes)
-    colour_bar.set_label(f"{metric} (fixed scale 0..1)")
+    colour_bar.set_label(f"{metric}\n(fixed scale 0..1)")
     save_png(figure, path)
     return path
 

@@ -529,7 +529,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="offline runs per set and thread count; the median counts")
     parser.add_argument("--live", action="store_true", help="also time live runs at real-time pace")
     parser.add_argument("--live-sets", nargs="+", choices=SETS, help="detectors timed live (default: --sets)")
-    parser.add_argument("--live-threads", type=int, default=2, help="detect.threads of the live runs (default 2)")
+    parser.add_argument("--live-threads", type=int, nargs="+", default=[2], help="detect.threads of the live runs (default 2)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated recording (default 60)")
     parser.add_argument("--size", help="the recording's WIDTHxHEIGHT (default: the preset's)")
     parser.add_argument("--video-fps", type=int, default=25, help="the recording's frame rate (default 25)")
@@ -554,7 +554,8 @@ def main(argv=None) -> None:
         work = Path(tmp)
         setup = build_setup(preset, args, work)
         offline = [measure_offline(setup, kind, threads, args, work) for kind in args.sets for threads in args.threads]
-        live = [measure_live(setup, kind, args.live_threads, args, work) for kind in args.live_sets] if args.live else []
+        live_runs = [(kind, threads) for kind in args.live_sets for threads in args.live_threads] if args.live else []
+        live = [measure_live(setup, kind, threads, args, work) for kind, threads in live_runs]
         gflop = encoder_gflop_per_frame(setup.face_encoder, args.device) if "facemae" in args.sets else None
     for row in offline:
         if row["set"] == "facemae":
@@ -571,8 +572,8 @@ def main(argv=None) -> None:
         if "arithmetic" in row:
             print(arithmetic_line(row, setup.face_encoder, args))
     if live:
-        print(f"live (real-time pace, a growing Matroska file, live.behind: drop, {args.live_threads} threads): "
-              "latency from a window's last frame to its line")
+        print("live (real-time pace, a growing Matroska file, live.behind: drop): latency from a window's last frame "
+              "to its line")
         print(format_table(live, LIVE_COLUMNS))
     if args.json:
         settings = {key: value for key, value in vars(args).items() if key != "json"}

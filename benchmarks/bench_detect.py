@@ -250,7 +250,7 @@ def dump_features(preset: Preset, cfg_path: Path, work: Path) -> Path:
     """The feature dump as ``eval_emotion.py`` runs it.  The model is built with fresh
     projectors (and LoRA), which are then saved as its ``model.ckpt``: the dump records that
     file by content, so detect loads the same projectors and builds only what a set needs."""
-    cfg, section, dataset, model, _ = load_for_benchmark(cfg_path, preset)
+    cfg, section, dataset, model, _ = load_for_benchmark(cfg_path, preset)  # a random LLM on the device with llm_on_device
     trainable = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     ckpt = work / "emotion_llama.pth"
     torch.save({"model": trainable}, ckpt)
@@ -290,8 +290,7 @@ def build_setup(preset: Preset, args, work: Path) -> Setup:
     }
     llama = write_llama(preset, work)
     data = write_vectors(names, checkpoints, work, args.device)
-    with random_llm_on_device(args.device) if preset.llm_on_device else contextlib.nullcontext():
-        dump = dump_features(preset, dump_config(preset, llama, data, work, args.device, args.llm_layer), work)
+    dump = dump_features(preset, dump_config(preset, llama, data, work, args.device, args.llm_layer), work)
     kinds = sorted(set(args.sets) | set(args.live_sets if args.live else []), key=SETS.index)
     detectors = export_sets(dump, data, work, [set_name(kind, args.llm_layer) for kind in kinds])
     width, height = (int(side) for side in args.size.split("x"))
@@ -435,10 +434,16 @@ def measure_live(setup: Setup, kind: str, threads: int, args, work: Path) -> dic
 
 
 def encoder_gflop_per_frame(name: str, device: str) -> float:
-    """Floating-point operations (2 per multiply-add) of one FaceMAE frame, counted by torch."""
+    """Floating-point operations (2 per multiply-add) of one FaceMAE frame, counted by torch.
+
+    timm's attention runs as its plain matrix products here: the counter has no formula for
+    the fused CPU attention kernel, which computes the same products."""
     from torch.utils.flop_counter import FlopCounterMode
 
     encoder = registry.get("encoder", name)().to(device).eval()
+    for module in encoder.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
         encoder(torch.zeros(1, 3, encoder.img_size, encoder.img_size, device=device))
@@ -520,6 +525,13 @@ def arithmetic_line(row: dict, face_encoder: str, args) -> str:
     )
 
 
+def frame_size(text: str) -> str:
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) >= 64 and int(height) >= 64):
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in pixels, each at least 64, e.g. 640x360")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -531,7 +543,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--live-sets", nargs="+", choices=SETS, help="detectors timed live (default: --sets)")
     parser.add_argument("--live-threads", type=int, nargs="+", default=[2], help="detect.threads of the live runs (default 2)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the generated recording (default 60)")
-    parser.add_argument("--size", help="the recording's WIDTHxHEIGHT (default: the preset's)")
+    parser.add_argument("--size", type=frame_size, help="the recording's WIDTHxHEIGHT (default: the preset's)")
     parser.add_argument("--video-fps", type=int, default=25, help="the recording's frame rate (default 25)")
     parser.add_argument("--window", type=float, default=2.0, help="window.length_s = hop_s (default 2)")
     parser.add_argument("--sampling-fps", type=float, default=5.0, help="faces.sampling.fps (default 5)")

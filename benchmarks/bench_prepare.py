@@ -63,13 +63,14 @@ END_TO_END_COLUMNS = [
 ]
 
 
-def write_test_video(path: Path, frames: int, height: int, width: int, fps: int) -> None:
-    """A face of about 1/4 the frame height swaying left and right (at most 0.3 frame widths per second at 25 fps)."""
+def write_test_video(path: Path, frames: int, height: int, width: int, fps: int, sway_frames: int | None = None) -> None:
+    """A face of about 1/4 the frame height swaying left and right once every ``sway_frames``
+    (default: once over the video; 100 frames at 25 fps: at most 0.3 frame widths per second)."""
     sessions = load_script("tiny_sessions")
     rng = np.random.default_rng(0)
     images = []
     for t in range(frames):
-        phase = 2 * np.pi * t / frames
+        phase = 2 * np.pi * t / (sway_frames or frames)
         face = sessions.DrawnFace(
             cy=height * (0.5 + 0.05 * np.sin(2 * phase)), cx=width * (0.5 + 0.15 * np.sin(phase)), r=height / 8
         )

@@ -82,6 +82,21 @@ def register_eva_g_depth(depth: int) -> str:
     return name
 
 
+def register_mae_depth(encoder: str, depth: int) -> str:
+    """Register the FaceMAE or VideoMAE variant ``encoder`` (``face_mae_vit_large``, say) with
+    only ``depth`` blocks; returns its encoder name (``encoder`` itself at its own depth).
+
+    As for EVA: the width, and so the cost of one block, stays; only the number of blocks shrinks.
+    """
+    builder = registry.get("encoder", encoder)
+    if depth == builder.keywords["depth"]:
+        return encoder
+    name = f"{encoder}_depth{depth}"
+    if not registry.has("encoder", name):
+        registry.register_encoder(name)(partial(builder.func, **dict(builder.keywords, depth=depth)))
+    return name
+
+
 def write_llama_folder(
     folder: Path, tokenizer_dir: Path, config: Mapping, with_weights: bool, seed: int = 0, dtype=torch.bfloat16
 ) -> Path:
@@ -113,14 +128,18 @@ def write_llama_folder(
 @contextlib.contextmanager
 def random_llm_on_device(device: torch.device | str) -> Iterator[None]:
     """While active, loading a LLaMA folder builds the model from its ``config.json`` with
-    random weights directly on ``device`` (no 13 GB written or read for a 7B benchmark).
+    random weights directly on ``device`` (no 13 GB written or read for a 7B benchmark); a
+    ``num_hidden_layers`` override (a model of the first layers only) is honoured.
     Random values come from torch's generator, so a seeded process gets the same weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    def build(folder, dtype=None, **_ignored):
+    def build(folder, dtype=None, num_hidden_layers=None, output_loading_info=False, **_ignored):
         config = AutoConfig.from_pretrained(folder)
+        if num_hidden_layers is not None:  # the first layers only, as a config override loads them
+            config.num_hidden_layers = num_hidden_layers
         with torch.device(device):
-            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return (model, {"missing_keys": [], "unexpected_keys": []}) if output_loading_info else model
 
     original = AutoModelForCausalLM.from_pretrained
     AutoModelForCausalLM.from_pretrained = build

@@ -30,6 +30,7 @@ from minigpt4.datasets.frames import ClipReadError
 from minigpt4.features.audio_vectors import audio_settings, audio_vector
 from minigpt4.features.clip_vectors import face_mae_settings, face_mae_vector, video_mae_settings, video_mae_vector
 from minigpt4.features.encoder_extract import build_encoder
+from minigpt4.features.writer import fingerprint_differences
 from minigpt4.features.identity import STREAMS, model_identity, needed_identity, first_difference, weight_identity
 from minigpt4.models.face_mae import FaceMAE
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
@@ -63,6 +64,12 @@ class FeatureParts:
         self.device = select_device(cfg.device)
         recorded_faces = {key: value for key, value in (self.identity.get("prepare") or {}).items() if key in FACE_SECTIONS}
         self.faces = face_pipeline_config(recorded_faces, cfg.faces, where="detect.faces")
+        if recorded_faces:
+            trained = written_settings(face_pipeline_config(recorded_faces, where="the detector's face pipeline"))
+            changed = fingerprint_differences(trained, written_settings(self.faces))
+            if changed:  # allowed (another frame rate for speed, say), but the features are not the training ones
+                logger.warning("detect.faces: the face pipeline differs from the one the detector's clips were prepared "
+                               "with in %s; its estimates may differ from what it was validated on", ", ".join(changed))
         self.leaves = [fs for fs in detector.sets.values() if fs.kind not in ("concat", "context", "sequence")]
         self.encoders, self.encoder_settings = {}, {}
         self.model_cfg, self.model = self.model_config(cfg), None

@@ -11,6 +11,7 @@ import torch
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["detect_fixtures"]  # the detectors exported once for the detect tests (session fixture)
 
 
 def load_script(name: str):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import load_script
-from detect_fixtures import detect_config, read_timeline, session_detectors, subprocess_env  # noqa: F401
+from detect_fixtures import detect_config, read_timeline, subprocess_env
 from minigpt4.common.config import ConfigError
 from minigpt4.datasets.frames import ClipReadError
 from minigpt4.detect.config import load_detect_config

@@ -13,7 +13,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from detect_fixtures import EXPORTED, detect_config, one_session_segments, read_timeline, session_detectors  # noqa: F401
+from detect_fixtures import EXPORTED, detect_config, one_session_segments, read_timeline
 from minigpt4.detect.features import DetectorMismatchError, FeatureParts
 from minigpt4.detect.run import detect
 from minigpt4.probe.artifact import ARRAYS_NAME, CARD_NAME, JSON_NAME, RELIABILITY_PNG, Detector, platt, threshold_for

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from detect_fixtures import detect_config, read_timeline, session_detectors, subprocess_env  # noqa: F401
+from detect_fixtures import detect_config, read_timeline, subprocess_env
 from minigpt4.detect import features as detect_features
 from minigpt4.detect.outputs import COLUMNS
 from minigpt4.detect.run import detect

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from minigpt4.features.writer import fingerprint_differences
 from minigpt4.features.identity import STREAMS, model_identity, needed_identity, first_difference, weight_identity
 from minigpt4.models.face_mae import FaceMAE
 from minigpt4.models.hubert_encoder import HubertAudioEncoder
+from minigpt4.models.base_model import llm_config
 from minigpt4.models.minigpt_base import decoder_layers_needed
 from minigpt4.models.video_mae import VideoMAE
 from minigpt4.prepare.config import FACE_SECTIONS, PrepareConfig, face_pipeline_config, written_settings
@@ -130,7 +130,8 @@ class FeatureParts:
 
     def _build_model(self):
         model_cfg = dict(self.model_cfg)
-        layers = decoder_layers_needed(self.needs["llm_layers"], self._llm_depth(model_cfg)) if self.needs["llm"] else 0
+        depth = llm_config(model_cfg["llama_model"]).num_hidden_layers if self.needs["llm"] else 0
+        layers = decoder_layers_needed(self.needs["llm_layers"], depth) if self.needs["llm"] else 0
         model_cfg |= {"build_vision": self.needs["vision"] or self.needs["llm"], "llm_layers": layers,
                       "llama_feature_layers": self.needs["llm_layers"] or [-1]}
         if not model_cfg.get("ckpt"):  # projectors drawn from the seed after the whole model: build it whole
@@ -140,12 +141,6 @@ class FeatureParts:
             seed_everything(self.identity["seed"])
         config = model_config_for(OmegaConf.create(model_cfg), self.device)
         return registry.get("model", model_cfg["arch"]).from_config(config).to(self.device).eval()
-
-    @staticmethod
-    def _llm_depth(model_cfg: dict) -> int:
-        import json
-
-        return json.loads((Path(model_cfg["llama_model"]).expanduser() / "config.json").read_text())["num_hidden_layers"]
 
     # ---- identity --------------------------------------------------------------------------------
     def current_identity(self) -> dict:

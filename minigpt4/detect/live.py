@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -103,8 +104,6 @@ class StandardInput:
 
 def source_name(path: str) -> str:
     """The output folder of a live source: a file's stem, ``stdin`` for ``-``, else the device or URL made safe."""
-    import re
-
     if path == "-":
         return "stdin"
     candidate = Path(path)

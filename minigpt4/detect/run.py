@@ -79,20 +79,23 @@ class StageClock:
         self.seconds[stage] += now - since
         return now
 
-    def timed_source(self, source: VideoSource):
-        clock = self
+    def timed_source(self, source: VideoSource) -> "TimedFrames":
+        return TimedFrames(source, self.seconds)
 
-        class Timed:
-            timestamps = source.timestamps
 
-            def read(self, indices):
-                started = time.perf_counter()
-                try:
-                    return source.read(indices)
-                finally:
-                    clock.seconds["decode"] += time.perf_counter() - started
+class TimedFrames:
+    """A frame source whose reads are added to the ``decode`` seconds."""
 
-        return Timed()
+    def __init__(self, source: VideoSource, seconds: dict):
+        self.source, self.seconds = source, seconds
+        self.timestamps = source.timestamps
+
+    def read(self, indices):
+        started = time.perf_counter()
+        try:
+            return self.source.read(indices)
+        finally:
+            self.seconds["decode"] += time.perf_counter() - started
 
 
 def output_name(path: Path) -> str:

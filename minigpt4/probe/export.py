@@ -24,6 +24,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.features.identity import dump_identity
 from minigpt4.probe.artifact import (
     ARRAYS_NAME, CARD_NAME, FORMAT, JSON_NAME, RELIABILITY_PNG, Detector, platt, set_definition, threshold_for,
@@ -210,8 +211,6 @@ def reliability_plot(detector: Detector, s: SetResult, labels: RowLabels, path: 
 
 
 def write_card(detector: Detector, path: Path) -> None:
-    from minigpt4.common.atomic_io import write_text_atomic
-
     write_text_atomic(path, model_card(detector))
 
 

@@ -14,7 +14,6 @@ run is deterministic for a given ``probe.seed``.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 
 import numpy as np

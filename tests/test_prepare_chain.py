@@ -16,7 +16,6 @@ import torch
 from conftest import load_script
 from PIL import Image
 
-import extract_audio_embedding
 import extract_mae_embedding
 import extract_maeVideo_embedding
 from minigpt4.common.registry import registry

@@ -107,6 +107,21 @@ def prepare(cfg: ProbeConfig) -> tuple[Dump, RowLabels, list[str], list[FeatureS
     return dump, labels, left_out, sets
 
 
+def set_result(feature_set: FeatureSet, dim: int, per_fold: list[list[FoldFit]], held_out: np.ndarray, folds: np.ndarray, n: int) -> SetResult:
+    """A set's result from each held-out fold's fits (the true labels first, then the permuted)."""
+    out_of_fold = np.full(n, np.nan)
+    for fold, fits in zip(held_out, per_fold):
+        if fits[0].mw_score is not None:
+            out_of_fold[folds == fold] = fits[0].mw_score
+    return SetResult(
+        feature_set=feature_set,
+        dim=dim,
+        folds=[fits[0] for fits in per_fold],
+        chance=[[fits[p] for fits in per_fold] for p in range(1, len(per_fold[0]))],
+        out_of_fold=out_of_fold,
+    )
+
+
 def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     dump, labels, left_out, sets = prepare(cfg)
     y, folds = labels.y, labels.folds
@@ -114,42 +129,41 @@ def run_probe(cfg: ProbeConfig, progress: bool = True) -> ProbeResult:
     in_time = dict(videos=labels.videos, times=labels.start_s) if labels.timed else {}
     labellings = np.stack([y] + [permuted_labels(y, folds, p, cfg.seed, **in_time) for p in range(permutations)])
     load = SetLoader(dump, sets, labels)
-    results, not_probed = [], []
-    with Parallel(n_jobs=cfg.n_jobs) as parallel:
-        for feature_set in tqdm(sets, desc="feature sets", unit="set", disable=not progress):
-            X = load(feature_set)  # the only feature matrix held at a time (and the base of context sets)
+    held_out = np.unique(folds)
+    probed: list[tuple[FeatureSet, int]] = []  # (set, dim) in the order their folds were handed out
+    not_probed: list[NotProbed] = []
+
+    def fold_fits():
+        """Every probed set's held-out folds as one stream of jobs: the workers start on the next
+        set while the last folds of this one finish (5 folds on 2 processes would otherwise
+        leave one idle a sixth of the time), and the sets are read as the jobs are handed out."""
+        for feature_set in sets:
+            X = load(feature_set)  # with the next set's, the only feature matrices held at a time
             reason = non_finite_rows(X, dump.names)
             if reason:
                 logger.warning("feature set %s not probed: %s", feature_set.name, reason)
                 not_probed.append(NotProbed(feature_set, X.shape[1], reason))
-                del X
                 continue
-            if feature_set.is_sequence:
-                windows = load.windows(feature_set.window)
-                per_fold = parallel(
-                    delayed(fit_sequence_fold)(X, windows, labellings[: 1 + cfg.gru.permutations], y, folds, fold, cfg)
-                    for fold in np.unique(folds)
-                )
-            else:
-                per_fold = parallel(
-                    delayed(fit_held_out_fold)(X, labellings[: 1 + cfg.permutations], y, folds, fold, cfg)
-                    for fold in np.unique(folds)
-                )
-            dim = X.shape[1]
-            del X
-            out_of_fold = np.full(len(y), np.nan)
-            for fold, fits in zip(np.unique(folds), per_fold):
-                if fits[0].mw_score is not None:
-                    out_of_fold[folds == fold] = fits[0].mw_score
-            results.append(
-                SetResult(
-                    feature_set=feature_set,
-                    dim=dim,
-                    folds=[fits[0] for fits in per_fold],
-                    chance=[[fits[p] for fits in per_fold] for p in range(1, len(per_fold[0]))],
-                    out_of_fold=out_of_fold,
-                )
-            )
+            probed.append((feature_set, X.shape[1]))
+            for fold in held_out:
+                if feature_set.is_sequence:
+                    windows = load.windows(feature_set.window)
+                    yield delayed(fit_sequence_fold)(X, windows, labellings[: 1 + cfg.gru.permutations], y, folds, fold, cfg)
+                else:
+                    yield delayed(fit_held_out_fold)(X, labellings[: 1 + cfg.permutations], y, folds, fold, cfg)
+
+    results = []
+    with Parallel(n_jobs=cfg.n_jobs, return_as="generator") as parallel:
+        fits_stream = parallel(fold_fits())
+        with tqdm(total=len(sets), desc="feature sets", unit="set", disable=not progress) as bar:
+            while True:
+                per_fold = [fits for _, fits in zip(held_out, fits_stream)]
+                if not per_fold:
+                    break
+                feature_set, dim = probed[len(results)]
+                results.append(set_result(feature_set, dim, per_fold, held_out, folds, len(y)))
+                bar.n = len(results) + len(not_probed)
+                bar.refresh()
     short = {k: load.short_windows(k) for k in cfg.context.windows}
     return ProbeResult(
         cfg=cfg, dump=dump, labels=labels, left_out=left_out, sets=results, not_probed=not_probed, short_windows=short

@@ -19,10 +19,12 @@ from conftest import load_script
 from detect_fixtures import detect_config, read_timeline, subprocess_env
 from minigpt4.common.config import ConfigError
 from minigpt4.datasets.frames import ClipReadError
+from minigpt4.detect import __main__ as detect_main
 from minigpt4.detect.config import load_detect_config
 from minigpt4.detect.outputs import SUMMARY_JSON
 from minigpt4.detect.run import detect
 from minigpt4.probe.artifact import ARRAYS_NAME, JSON_NAME, DetectorFileError
+from minigpt4.runners.common import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,16 @@ def run_command(cfg_path: Path, tiny_assets, *options: str, stdin: bytes | None 
     if options:
         argv += ["--options", *options]
     return subprocess.run(argv, cwd=ROOT, env=subprocess_env(tiny_assets), input=stdin, capture_output=True, timeout=300)
+
+
+def command_error(cfg_path: Path, monkeypatch, *options: str) -> str:
+    """What ``python -m minigpt4.detect`` ends with, run in this process: its one-line error (the
+    entry point's own ``run_cli`` turns a user error into it; one test below runs the real process)."""
+    monkeypatch.setattr(detect_main, "setup_logging", lambda: None)  # leave pytest's log capture alone
+    argv = ["--cfg-path", str(cfg_path), *(["--options", *options] if options else [])]
+    with pytest.raises(SystemExit) as caught:
+        run_cli(lambda: detect_main.main(argv))
+    return str(caught.value.code)
 
 
 def yaml_config(path: Path, detector: Path, tiny_assets, source: Path | str, out: Path, **extra) -> Path:
@@ -152,18 +164,16 @@ def test_a_damaged_detector_folder_is_one_line(session_detectors, tiny_assets, t
     assert not (tmp_path / "out").exists()
 
 
-def test_the_command_prints_one_line_for_a_pickled_detector(session_detectors, tiny_assets, tmp_path):
+def test_the_command_prints_one_line_for_a_pickled_detector(session_detectors, tiny_assets, tmp_path, monkeypatch):
     _, folders, _, _ = session_detectors
     folder = tmp_path / "detector"
     shutil.copytree(folders["facemae"], folder)
     (folder / ARRAYS_NAME).write_bytes(pickle.dumps([1, 2, 3]))
     cfg = yaml_config(tmp_path / "d.yaml", folder, tiny_assets, tmp_path, tmp_path / "out")
-    done = run_command(cfg, tiny_assets)
-    assert done.returncode == 1
-    assert done.stderr.decode().splitlines()[-1] == (
+    assert command_error(cfg, monkeypatch) == (
         f"error: {folder}/detector.safetensors: a pickle (or a torch.save zip), not safetensors; detectors load no pickle"
     )
-    assert b"Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- configuration
@@ -210,18 +220,15 @@ def test_missing_encoder_weights_are_named(session_detectors, tiny_assets, tmp_p
 # --------------------------------------------------------------------------- live sources
 
 
-def test_an_unknown_input_format_is_one_line(session_detectors, tiny_assets, tmp_path):
+def test_an_unknown_input_format_is_one_line(session_detectors, tiny_assets, tmp_path, monkeypatch):
     _, folders, _, _ = session_detectors
     cfg = yaml_config(tmp_path / "d.yaml", folders["facemae"], tiny_assets, "/dev/video9", tmp_path / "out",
                       live={"follow": True, "stall_s": 1.0})
-    done = run_command(cfg, tiny_assets, "detect.input.format=nosuchformat")
-    assert done.returncode == 1
-    last = done.stderr.decode().splitlines()[-1]
+    last = command_error(cfg, monkeypatch, "detect.input.format=nosuchformat")
     assert last.startswith("error: detect.input.format 'nosuchformat': ") and last.endswith("`ffmpeg -formats`")
-    assert b"Traceback" not in done.stderr
 
 
-def test_a_stream_without_video_is_one_line(session_detectors, tiny_assets, tmp_path):
+def test_a_stream_without_video_is_one_line(session_detectors, tiny_assets, tmp_path, monkeypatch):
     _, folders, _, _ = session_detectors
     sound = tmp_path / "sound.mkv"
     with av.open(str(sound), "w") as container:
@@ -231,14 +238,13 @@ def test_a_stream_without_video_is_one_line(session_detectors, tiny_assets, tmp_
         frame.sample_rate = 16000
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    cfg = yaml_config(tmp_path / "d.yaml", folders["facemae"], tiny_assets, "-", tmp_path / "out",
-                      live={"follow": True, "stall_s": 2.0})
-    done = run_command(cfg, tiny_assets, stdin=sound.read_bytes())
-    assert done.returncode == 1
-    assert done.stderr.decode().splitlines()[-1] == "error: detect.input.path -: the source has no video stream (it holds: audio)"
+    cfg = yaml_config(tmp_path / "d.yaml", folders["facemae"], tiny_assets, sound, tmp_path / "out",
+                      live={"follow": True, "stall_s": 1.0})
+    assert command_error(cfg, monkeypatch) == f"error: detect.input.path {sound}: the source has no video stream (it holds: audio)"
 
 
 def test_garbage_on_standard_input_is_one_line(session_detectors, tiny_assets, tmp_path):
+    """The real process: standard input, and no traceback on its way out."""
     _, folders, _, _ = session_detectors
     cfg = yaml_config(tmp_path / "d.yaml", folders["facemae"], tiny_assets, "-", tmp_path / "out",
                       live={"follow": True, "stall_s": 2.0})

@@ -170,9 +170,9 @@ def test_the_intact_dumps_pass_the_checks(real_dumps, demo_env, tmp_path):
         assert [s.feature_set.name for s in run_probe(cfg, progress=False).sets] == ["facemae"]
 
 
-@pytest.mark.parametrize("layout, damage", [("stacked", missing_npy), ("per_clip", names_swapped)])
-def test_the_command_prints_the_error_without_a_traceback(real_dumps, demo_env, tmp_path, layout, damage):
-    folder, expected = damaged_copy(real_dumps, layout, damage, tmp_path)
+def test_the_command_prints_the_error_without_a_traceback(real_dumps, demo_env, tmp_path):
+    """The real process (every damage above is the same error class, checked in this process)."""
+    folder, expected = damaged_copy(real_dumps, "per_clip", names_swapped, tmp_path)
     command = [sys.executable, "-m", "minigpt4.probe", *argv(folder, demo_env["hcmw_csv"], tmp_path / "probe")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1

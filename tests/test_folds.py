@@ -72,25 +72,38 @@ def test_folds_command_writes_a_new_file_keeping_every_column(tmp_path, capsys):
     assert len(printed.splitlines()) == 1 + 4
 
 
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (["--output", "{src}"], "--output {src}: is the input annotation; folds are written to a new file"),
-        (["--output", "{out}"], "--output {out}: exists; pass --overwrite to replace it"),
-        (["--output", "{new}", "--folds", "1"], "--folds: a held-out evaluation needs 2 or more folds, got 1"),
-        (["--output", "{new}", "--folds", "40"], "{src}: 10 participant(s) cannot fill 40 folds (one participant per fold at least)"),
-    ],
-)
-def test_folds_command_refuses_in_one_line(tmp_path, arguments, message):
+REFUSALS = [
+    (["--output", "{src}"], "--output {src}: is the input annotation; folds are written to a new file"),
+    (["--output", "{out}"], "--output {out}: exists; pass --overwrite to replace it"),
+    (["--output", "{new}", "--folds", "1"], "--folds: a held-out evaluation needs 2 or more folds, got 1"),
+    (["--output", "{new}", "--folds", "40"], "{src}: 10 participant(s) cannot fill 40 folds (one participant per fold at least)"),
+]
+
+
+def refusal_case(tmp_path: Path, arguments: list[str], message: str) -> tuple[list[str], str]:
+    """The command's arguments and its expected error, with an existing ``out.csv`` that must survive."""
     source = write_rows(tmp_path / "a.csv", study())
     (tmp_path / "out.csv").write_text("keep me")
     paths = {"src": source, "out": tmp_path / "out.csv", "new": tmp_path / "new.csv"}
-    argv = [sys.executable, "-m", "minigpt4.datasets.assign_folds", "--annotation", str(source)]
-    argv += [a.format(**paths) for a in arguments]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr == f"error: {message.format(**paths)}\n"
+    return ["--annotation", str(source), *(a.format(**paths) for a in arguments)], message.format(**paths)
+
+
+@pytest.mark.parametrize("arguments, message", REFUSALS)
+def test_folds_command_refuses_and_writes_nothing(tmp_path, arguments, message):
+    argv, expected = refusal_case(tmp_path, arguments, message)
+    with pytest.raises(DataError) as caught:
+        main(argv)
+    assert str(caught.value) == expected
     assert (tmp_path / "out.csv").read_text() == "keep me" and not (tmp_path / "new.csv").exists()
+
+
+def test_folds_command_line_refuses_in_one_line(tmp_path):
+    argv, expected = refusal_case(tmp_path, *REFUSALS[3])
+    done = subprocess.run([sys.executable, "-m", "minigpt4.datasets.assign_folds", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == f"error: {expected}\n"
+    assert not (tmp_path / "new.csv").exists()
 
 
 def test_clips_without_a_person_cannot_be_grouped(tmp_path):

@@ -336,7 +336,9 @@ def follow(cfg, detector, parts, face_detector, out: Path) -> RecordingSummary:
             if isinstance(item, SourceEnded):
                 if item.error is not None:
                     raise item.error
-                if reader.ends_itself:
+                if stop.is_set():  # the signal also ends the reader's reads: its end is the signal's
+                    ended = "stopped by a signal"
+                elif reader.ends_itself:
                     ended = f"the file grew no more for {cfg.live.stall_s} s (live.stall_s): taken as finished"
                 break
             if cfg.live.behind == "drop" and windows.qsize() > cfg.live.max_queue:

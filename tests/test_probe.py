@@ -134,6 +134,19 @@ def test_per_fold_metrics_are_scikit_learns_on_the_held_out_predictions(syntheti
             assert fit.metrics == pytest.approx(expected, abs=1e-12)
 
 
+def test_two_workers_give_the_numbers_of_one(synthetic_probe, tmp_path):
+    """The folds of every set go to the workers as one stream; the order they finish in changes nothing."""
+    cfg, _, _, _ = synthetic_probe
+    results = {}
+    for n_jobs in (1, 2):
+        run = config(cfg.dump_dir, cfg.annotation, tmp_path / str(n_jobs), kinds=["facemae_projected_features", "llama_features"],
+                     permutations=2, n_jobs=n_jobs)
+        results[n_jobs] = [(s.feature_set.name, s.summary, s.chance_summary, [f.mw_score.tolist() for f in s.folds])
+                           for s in run_probe(run, progress=False).sets]
+    assert len(results[1]) == 1 + len(LAYERS) * len(POSITIONS)
+    assert results[2] == results[1]
+
+
 def test_fold_metrics_on_a_hand_counted_fold():
     truth = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     predicted = np.array([1, 1, 0, 1, 0, 0, 0, 0])

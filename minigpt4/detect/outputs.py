@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from minigpt4.common.atomic_io import write_text_atomic
 from minigpt4.probe.plots import save_png
@@ -130,6 +129,8 @@ def write_recording(folder: Path, rows: list[WindowRow], summary: RecordingSumma
 def plot_timeline(rows: list[WindowRow], path: Path, threshold: float, title: str) -> Path:
     """P(MW) (and its calibration) at each window's middle on a fixed 0..1 axis, the threshold,
     windows without a face shaded."""
+    from matplotlib.figure import Figure  # here: the first estimate need not wait for matplotlib's import
+
     figure = Figure(figsize=(10, 3.6))
     axes = figure.add_subplot()
     shaded = False

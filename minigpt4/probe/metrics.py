@@ -11,7 +11,6 @@ import warnings
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 METRICS = ("balanced_accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 CURVE_METRICS = ("roc_auc", "pr_auc")
@@ -23,6 +22,9 @@ def fold_metrics(y_true: np.ndarray, y_pred: np.ndarray, mw_score: np.ndarray) -
     Precision/recall/F1 are those of the MW class (0 where undefined, as scikit-learn's
     ``zero_division=0``); PR AUC is the average precision (step-wise area under the PR curve).
     """
+    # here, not at the top: the detector's config imports this module, and detect needs no scikit-learn (1.3 s to import)
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
+
     with warnings.catch_warnings():  # one class held out: balanced accuracy warns, and is still defined
         warnings.simplefilter("ignore", UserWarning)
         balanced = balanced_accuracy_score(y_true, y_pred)

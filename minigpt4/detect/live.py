@@ -43,7 +43,7 @@ from minigpt4.detect.apply import RecordingState
 from minigpt4.detect.outputs import (
     SUMMARY_JSON, TIMELINE_CSV, TIMELINE_PNG, RecordingSummary, TimelineAppender, WindowRow, plot_timeline,
 )
-from minigpt4.detect.windows import Window
+from minigpt4.detect.windows import Window, regular_windows
 from minigpt4.prepare.cut import TIME_TOLERANCE_S
 from minigpt4.prepare.decode import ArrayFrames, upright
 from minigpt4.prepare.faces import find_faces
@@ -182,18 +182,10 @@ class WindowAssembler:
         if self.first is None:
             return []
         step = float(np.median(self.intervals)) if self.intervals else 0.0
-        end_s = self.last_time + step
         done = self.ready()
-        while True:
-            start, end = self.window(self.next)
-            if start >= end_s - TIME_TOLERANCE_S:
-                break
-            if end <= end_s + TIME_TOLERANCE_S:
-                done.append(self._cut(start, end, short=False))
-                continue
-            if self.keep_short:
-                done.append(self._cut(start, end_s, short=True))
-            break
+        planned, _ = regular_windows(self.first, self.last_time + step, self.length_s, self.hop_s, self.keep_short)
+        for window in planned[self.next:]:  # the offline plan of the whole recording, from the first window not yet cut
+            done.append(self._cut(window.start_s, window.end_s, short=window.short))
         return done
 
     def _cut(self, start: float, end: float, short: bool) -> LiveWindow:

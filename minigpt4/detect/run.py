@@ -139,6 +139,13 @@ def run_settings(detector_folder: Path, cfg: DetectConfig, faces) -> dict:
     }
 
 
+def checked_output(cfg: DetectConfig, parts: FeatureParts, out: Path) -> tuple[dict, bool]:
+    """This run's settings, and whether it replaces what ``out`` holds (refused when it holds
+    another run's files and ``overwrite`` is off)."""
+    settings = run_settings(Path(cfg.detector).expanduser(), cfg, parts.faces)
+    return settings, check_output_fingerprint(out, settings, cfg.overwrite, outputs=f"*/{SUMMARY_JSON}")
+
+
 def detect(cfg: DetectConfig) -> DetectSummary:
     with torch_threads(cfg.threads):
         return _detect(cfg)
@@ -152,8 +159,7 @@ def _detect(cfg: DetectConfig) -> DetectSummary:
     if cfg.live.follow:
         return _follow(cfg, detector, parts, out)
     recordings = list_recordings(cfg)
-    settings = run_settings(Path(cfg.detector).expanduser(), cfg, parts.faces)
-    replace = check_output_fingerprint(out, settings, cfg.overwrite, outputs=f"*/{SUMMARY_JSON}")
+    settings, replace = checked_output(cfg, parts, out)
     face_detector = build_detector(parts.faces.detector)
     summary = DetectSummary()
     opened = []
@@ -192,8 +198,7 @@ def _follow(cfg: DetectConfig, detector: Detector, parts: FeatureParts, out: Pat
     done = out / source_name(cfg.input.path) / SUMMARY_JSON
     if done.is_file() and not cfg.overwrite:
         raise FeatureOutputError(f"{done.parent} holds a finished live run; set detect.overwrite: true to replace it, or another output_dir")
-    settings = run_settings(Path(cfg.detector).expanduser(), cfg, parts.faces)
-    replace = check_output_fingerprint(out, settings, cfg.overwrite, outputs=f"*/{SUMMARY_JSON}")
+    settings, replace = checked_output(cfg, parts, out)
     record_output_fingerprint(out, settings, replace, outputs=f"*/{SUMMARY_JSON}")
     recording = follow(cfg, detector, parts, build_detector(parts.faces.detector), out)
     return DetectSummary(recordings=1, windows=recording.windows, windows_with_estimate=recording.windows_with_estimate)

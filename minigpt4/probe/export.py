@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
-from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from minigpt4.common.atomic_io import write_text_atomic
@@ -31,7 +30,7 @@ from minigpt4.probe.artifact import (
 )
 from minigpt4.probe.config import BEST, ProbeConfig, export_names
 from minigpt4.probe.feature_sets import FeatureSet, SetLoader
-from minigpt4.probe.fitting import fit_probe, span_coordinates
+from minigpt4.probe.fitting import chosen_c, logistic, span_coordinates
 from minigpt4.probe.labels import MW, ProbeInputError, RowLabels
 from minigpt4.probe.metrics import METRICS
 from minigpt4.probe.plots import save_png
@@ -91,10 +90,9 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, folds: np.ndarray, cfg: ProbeConf
     """(arrays, C): C by leave-one-fold-out over every fold (in the rows' span, as the probe
     chooses it), then scaler and logistic regression on every standardised row."""
     z, _ = span_coordinates(X, X[:1])  # the rows in their own span; the one "test" row is not used
-    _, C = fit_probe(cfg, z, y, folds)
+    C = chosen_c(cfg, z, y, folds)
     scaler = StandardScaler().fit(X)
-    model = LogisticRegression(C=C, class_weight="balanced", solver="lbfgs", max_iter=cfg.max_iter)
-    model.fit(scaler.transform(X), y)
+    model = logistic(cfg, C).fit(scaler.transform(X), y)
     arrays = {
         "scaler.mean": scaler.mean_.astype(np.float64),
         "scaler.scale": scaler.scale_.astype(np.float64),

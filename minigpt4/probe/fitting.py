@@ -125,10 +125,14 @@ def choose_c(cfg: ProbeConfig, z: np.ndarray, y: np.ndarray, train_folds: np.nda
     return grid[int(np.argmax(np.where(np.isnan(means), -np.inf, means)))]
 
 
+def chosen_c(cfg: ProbeConfig, z_train: np.ndarray, y_train: np.ndarray, train_folds: np.ndarray) -> float:
+    """C chosen by the inner cross-validation over ``probe.c_grid`` (a grid of one value needs no choosing)."""
+    return float(cfg.c_grid[0]) if len(cfg.c_grid) == 1 else choose_c(cfg, z_train, y_train, train_folds)
+
+
 def fit_probe(cfg: ProbeConfig, z_train: np.ndarray, y_train: np.ndarray, train_folds: np.ndarray):
-    """(the fitted probe, its C): C chosen by the inner cross-validation over ``probe.c_grid``
-    (a grid of one value needs no choosing), the probe refitted on every training row."""
-    C = float(cfg.c_grid[0]) if len(cfg.c_grid) == 1 else choose_c(cfg, z_train, y_train, train_folds)
+    """(the fitted probe, its C): C chosen on the training rows, the probe refitted on all of them."""
+    C = chosen_c(cfg, z_train, y_train, train_folds)
     return logistic(cfg, C).fit(z_train, y_train), C
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from detect_fixtures import detect_config, read_timeline, subprocess_env
 from minigpt4.detect import features as detect_features
+from minigpt4.detect import live as detect_live
 from minigpt4.detect.outputs import COLUMNS
 from minigpt4.detect.run import detect
 
@@ -156,12 +157,22 @@ def test_a_slow_model_drops_windows_or_queues_them(session_detectors, tiny_asset
     monkeypatch.setattr(detect_features.FeatureParts, "features", slow)
     growing = tmp_path / "camera.mkv"
     cfg = detect_config(folders["facemae"], tiny_assets, tmp_path / "out", input__path=str(growing), live__follow=True,
-                        live__behind=behind, live__max_queue=1, live__stall_s=2.0)
-    producer = writer(session_video(tiny_assets), str(growing), speed=4.0)
+                        live__behind=behind, live__max_queue=1, live__stall_s=3.0)
+    # the recording starts when detect opens its source (a camera switched on for a ready detector):
+    # started earlier, a slow start-up could find the whole file written and keep only its last window
+    producers = []
+    open_live = detect_live.open_live
+
+    def open_when_recording(*args):
+        producers.append(writer(session_video(tiny_assets), str(growing), speed=4.0))
+        return open_live(*args)
+
+    monkeypatch.setattr(detect_live, "open_live", open_when_recording)
     try:
         detect(cfg)
     finally:
-        producer.wait(timeout=60)
+        for producer in producers:
+            producer.wait(timeout=60)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     windows = [line for line in lines if "window" in line]
     dropped = [i for line in lines if "dropped" in line for i in line["dropped"]]
